@@ -1,0 +1,3 @@
+"""avalanche_fscl.benchmarks"""
+
+__all__: list[str] = []

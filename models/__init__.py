@@ -1,0 +1,3 @@
+"""avalanche_fscl.models"""
+
+__all__: list[str] = []

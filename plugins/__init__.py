@@ -1,0 +1,3 @@
+"""avalanche_fscl.plugins"""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""avalanche_fscl.strategies"""
+
+__all__: list[str] = []

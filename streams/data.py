@@ -1,0 +1,216 @@
+"""In-memory image datasets, tensor transforms and the on-disk decode cache.
+
+Every preset decodes its images once into a ``uint8`` tensor ``(N, C, H, W)`` (cached on
+disk as ``.npy``), so epochs never touch JPEG/PNG decoding. Transforms work on single
+tensors and are small picklable classes (DataLoader workers and ``deepcopy`` need that).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+DATA_ENV = "AVALANCHE_FSCL_DATA"
+CACHE_ENV = "AVALANCHE_FSCL_CACHE"
+DEFAULT_DATA_ROOT = "../shared/data"
+
+__all__ = [
+    "TensorImageDataset",
+    "ToFloatNormalize",
+    "RandomCropFlip",
+    "resolve_data_root",
+    "cache_dir",
+    "cached_array",
+    "decode_images",
+]
+
+
+class TensorImageDataset(Dataset):
+    """Images held in memory as one tensor, with integer class labels.
+
+    Args:
+        data: ``(N, C, H, W)`` tensor, ``uint8`` (0-255) or float.
+        targets: ``(N,)`` integer class labels.
+    """
+
+    def __init__(self, data: Tensor, targets: Tensor | Sequence[int]):
+        targets = torch.as_tensor(targets, dtype=torch.long)
+        if data.ndim != 4:
+            raise ValueError(f"data must be (N, C, H, W), got shape {tuple(data.shape)}")
+        if len(data) != len(targets):
+            raise ValueError(f"data has {len(data)} items but targets has {len(targets)}")
+        self.data = data
+        # Avalanche reads `.targets` (a list keeps its DataAttribute fast and hashable).
+        self.targets: list[int] = targets.tolist()
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.data[i], self.targets[i]
+
+
+class ToFloatNormalize:
+    """``uint8`` (0-255) or float tensor ``(C, H, W)`` -> normalised ``float32``.
+
+    Args:
+        mean, std: per-channel statistics of the [0, 1]-scaled images.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        return (x - self.mean) / self.std
+
+    def __repr__(self) -> str:
+        return f"ToFloatNormalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
+
+
+class RandomCropFlip:
+    """Training augmentation on ``(C, H, W)`` tensors: zero-padded random crop + h-flip.
+
+    Args:
+        padding: pixels of zero padding before cropping back to the input size.
+        flip: whether to flip horizontally with probability 0.5.
+    """
+
+    def __init__(self, padding: int = 4, flip: bool = True):
+        self.padding = padding
+        self.flip = flip
+
+    def __call__(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        if self.padding > 0:
+            p = self.padding
+            x = torch.nn.functional.pad(x, (p, p, p, p))
+            i, j = torch.randint(0, 2 * p + 1, (2,)).tolist()
+            x = x[..., i : i + h, j : j + w]
+        if self.flip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x
+
+    def __repr__(self) -> str:
+        return f"RandomCropFlip(padding={self.padding}, flip={self.flip})"
+
+
+class Compose:
+    """Apply tensor transforms in order (picklable, unlike a lambda)."""
+
+    def __init__(self, *transforms: Callable[[Tensor], Tensor]):
+        self.transforms = transforms
+
+    def __call__(self, x: Tensor) -> Tensor:
+        for t in self.transforms:
+            x = t(x)
+        return x
+
+    def __repr__(self) -> str:
+        return f"Compose{self.transforms!r}"
+
+
+def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
+    """The folder holding the shared datasets.
+
+    Order: the ``data_root`` argument, then ``$AVALANCHE_FSCL_DATA``, then
+    ``../shared/data`` relative to the working directory.
+    """
+    if data_root is None:
+        data_root = os.environ.get(DATA_ENV) or DEFAULT_DATA_ROOT
+    return Path(data_root).expanduser()
+
+
+def require_files(folder: Path, names: Sequence[str], argument: str) -> None:
+    """Raise ``FileNotFoundError`` naming the argument and every path looked at."""
+    missing = [str(folder / n) for n in names if not (folder / n).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{argument}={str(folder)!r}: missing {', '.join(missing)} "
+            f"(set {argument}= or ${DATA_ENV} to the folder that holds the data)"
+        )
+
+
+def cache_dir() -> Path:
+    """Where decoded arrays are cached: ``$AVALANCHE_FSCL_CACHE`` or ``~/.cache/avalanche_fscl``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "avalanche_fscl")
+
+
+def file_fingerprint(paths: Sequence[Path]) -> str:
+    """Cheap content key for source files: names, sizes and modification times."""
+    h = hashlib.sha1()
+    for p in paths:
+        st = Path(p).stat()
+        h.update(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+_MEMORY_CACHE: dict[str, np.ndarray] = {}
+
+
+def cached_array(key: str, build: Callable[[], np.ndarray]) -> np.ndarray:
+    """Return ``build()``, memoised in this process and cached on disk as ``<key>.npy``.
+
+    The disk write is atomic (temporary file + rename), so a killed process never
+    leaves a truncated cache behind. An unwritable cache folder only disables the disk cache.
+    """
+    if key in _MEMORY_CACHE:
+        return _MEMORY_CACHE[key]
+    path = cache_dir() / f"{key}.npy"
+    if path.exists():
+        arr = np.load(path, allow_pickle=False)
+    else:
+        arr = build()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, arr, allow_pickle=False)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    _MEMORY_CACHE[key] = arr
+    return arr
+
+
+def decode_images(
+    sources: Sequence[bytes | str | os.PathLike],
+    size: int | None = None,
+    channels: int = 3,
+    workers: int | None = None,
+) -> np.ndarray:
+    """Decode JPEG/PNG files (paths or raw bytes) into one ``uint8`` array ``(N, C, size, size)``.
+
+    Images are converted to ``channels`` (3 = RGB, 1 = grey), then, if ``size`` is given
+    and differs, resized on the short side (antialiased) and centre-cropped to
+    ``size x size``. Decoding runs in a thread pool (torchvision's decoders release the GIL).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2 import functional as TF
+
+    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+    if not sources:
+        raise ValueError("decode_images: no images to decode")
+
+    def one(src) -> Tensor:
+        raw = src if isinstance(src, (bytes, bytearray)) else Path(src).read_bytes()
+        img = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=mode)
+        if size is not None and tuple(img.shape[-2:]) != (size, size):
+            img = TF.center_crop(TF.resize(img, size, antialias=True), [size, size])
+        return img
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        imgs = list(pool.map(one, sources, chunksize=256))
+    return torch.stack(imgs).numpy()
