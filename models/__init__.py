@@ -1,3 +1,5 @@
-"""avalanche_fscl.models"""
+"""Backbones and classifiers trained from scratch (no pretrained weights are downloaded)."""
 
-__all__: list[str] = []
+from .conv4 import Conv4
+
+__all__ = ["Conv4"]

@@ -27,6 +27,7 @@ __all__ = [
     "ToFloatNormalize",
     "RandomCropFlip",
     "resolve_data_root",
+    "dataset_folder",
     "cache_dir",
     "cached_array",
     "decode_images",
@@ -130,6 +131,16 @@ def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
     return Path(data_root).expanduser()
 
 
+def dataset_folder(data_root: str | os.PathLike | None, name: str) -> Path:
+    """``<root>/<name>`` when that folder exists, else ``<root>`` itself.
+
+    ``<root>`` is :func:`resolve_data_root` of ``data_root``, so a preset accepts both the
+    shared data folder (holding one sub-folder per dataset) and the dataset folder itself.
+    """
+    root = resolve_data_root(data_root)
+    return root / name if (root / name).is_dir() else root
+
+
 def require_files(folder: Path, names: Sequence[str], argument: str) -> None:
     """Raise ``FileNotFoundError`` naming the argument and every path looked at."""
     missing = [str(folder / n) for n in names if not (folder / n).exists()]
@@ -188,29 +199,34 @@ def decode_images(
     channels: int = 3,
     workers: int | None = None,
 ) -> np.ndarray:
-    """Decode JPEG/PNG files (paths or raw bytes) into one ``uint8`` array ``(N, C, size, size)``.
+    """Decode image files (paths or raw bytes) into one ``uint8`` array ``(N, C, size, size)``.
 
     Images are converted to ``channels`` (3 = RGB, 1 = grey), then, if ``size`` is given
-    and differs, resized on the short side (antialiased) and centre-cropped to
-    ``size x size``. Decoding runs in a thread pool (torchvision's decoders release the GIL).
+    and differs, resized on the short side (bicubic, antialiased) and centre-cropped to
+    ``size x size``. Decoding runs in a thread pool (Pillow releases the GIL while decoding).
     """
     from concurrent.futures import ThreadPoolExecutor
+    from io import BytesIO
 
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2 import functional as TF
+    from PIL import Image
 
-    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
     if not sources:
         raise ValueError("decode_images: no images to decode")
+    mode = {3: "RGB", 1: "L"}[channels]
 
-    def one(src) -> Tensor:
-        raw = src if isinstance(src, (bytes, bytearray)) else Path(src).read_bytes()
-        img = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=mode)
-        if size is not None and tuple(img.shape[-2:]) != (size, size):
-            img = TF.center_crop(TF.resize(img, size, antialias=True), [size, size])
-        return img
+    def one(src) -> np.ndarray:
+        with Image.open(BytesIO(src) if isinstance(src, (bytes, bytearray)) else src) as img:
+            img = img.convert(mode)
+            if size is not None and img.size != (size, size):
+                w, h = img.size
+                scale = size / min(w, h)
+                img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+                w, h = img.size
+                left, top = (w - size) // 2, (h - size) // 2
+                img = img.crop((left, top, left + size, top + size))
+            arr = np.asarray(img, dtype=np.uint8)
+        return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        imgs = list(pool.map(one, sources, chunksize=256))
-    return torch.stack(imgs).numpy()
+        return np.stack(list(pool.map(one, sources, chunksize=256)))

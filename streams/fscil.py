@@ -343,13 +343,15 @@ def _resolve_class_names(
 ) -> list[str] | None:
     if class_names is None:
         return None
-    try:
-        return [str(class_names[c]) for c in used]
-    except (IndexError, KeyError) as e:
-        raise ValueError(
-            f"class_names has no name for label {e.args[0] if e.args else '?'} "
-            f"(it must cover every label in class_order)"
-        ) from None
+    names = []
+    for c in used:
+        try:
+            names.append(str(class_names[c]))
+        except (IndexError, KeyError):
+            raise ValueError(
+                f"class_names has no name for label {c} (it must cover every label in class_order)"
+            ) from None
+    return names
 
 
 def _avalanche_dataset(dataset, labels, remap, train_transform, eval_transform):

@@ -1,0 +1,305 @@
+"""FSCIL presets on data available offline: Omniglot, Tiny ImageNet and scikit-learn's digits.
+
+Each preset decodes once, caches the decoded ``uint8`` arrays (see
+:func:`~avalanche_fscl.streams.data.cached_array`) and returns an
+:class:`~avalanche_fscl.streams.FSCILScenario`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import (
+    Compose,
+    RandomCropFlip,
+    TensorImageDataset,
+    ToFloatNormalize,
+    cached_array,
+    dataset_folder,
+    decode_images,
+    file_fingerprint,
+    require_files,
+)
+from .fscil import FSCILScenario, fscil_benchmark
+from .registry import register_stream
+
+__all__ = ["omniglot_fscil", "tiny_imagenet_fscil", "digits_fscil"]
+
+TINY_IMAGENET_MEAN = (0.4802, 0.4481, 0.3975)
+TINY_IMAGENET_STD = (0.2770, 0.2691, 0.2821)
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def _read_tsv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+# --------------------------------------------------------------------------- Omniglot
+
+
+def _omniglot_source(root: Path) -> tuple[str, list[Path]]:
+    """Which Omniglot layout ``root`` holds: ``("npz", files)`` or ``("folders", dirs)``."""
+    npz = [root / "images_background.npz", root / "images_evaluation.npz"]
+    if all(p.exists() for p in npz):
+        return "npz", npz
+    for base in (root / "omniglot-py", root):
+        dirs = [base / "images_background", base / "images_evaluation"]
+        if all(d.is_dir() for d in dirs):
+            return "folders", dirs
+    raise FileNotFoundError(
+        f"data_root: no Omniglot data under {str(root)!r}: looked for "
+        f"{npz[0]} + {npz[1]} (npz layout) and "
+        f"{root / 'omniglot-py' / 'images_background'} (torchvision folder layout)"
+    )
+
+
+_OMNIGLOT_FILE = re.compile(r"^(\d{4})_(\d{2})\.png$")
+
+
+def _omniglot_folder_index(folder: Path, first_id: int) -> tuple[list[Path], list[str]]:
+    """Index a torchvision-layout split: PNG paths ordered (character, drawer) and names.
+
+    Labels come from the official file names ``XXXX_YY.png`` (character id, drawer), so
+    they agree with the npz layout: ``label = character_id - first_id``.
+    """
+    files: dict[tuple[int, int], Path] = {}
+    names: dict[int, str] = {}
+    for p in folder.glob("*/*/*.png"):
+        m = _OMNIGLOT_FILE.match(p.name)
+        if m:
+            label, drawer = int(m.group(1)) - first_id, int(m.group(2)) - 1
+            files[(label, drawer)] = p
+            names[label] = f"{p.parent.parent.name} {p.parent.name}"
+    n_chars = max((k[0] for k in files), default=-1) + 1
+    missing = [(c, d) for c in range(n_chars) for d in range(20) if (c, d) not in files]
+    if not files or missing:
+        raise FileNotFoundError(
+            f"data_root: Omniglot folder {folder} must hold 20 drawings XXXX_YY.png of every "
+            f"character (missing (label, drawer): {missing[:5] if files else 'all'})"
+        )
+    return [files[(c, d)] for c in range(n_chars) for d in range(20)], [names[c] for c in range(n_chars)]
+
+
+def _omniglot_arrays(root: Path, image_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Background and evaluation images as ``uint8 (n_chars, 20, 1, S, S)``, ink = 255, + names."""
+    kind, sources = _omniglot_source(root)
+    if kind == "npz":
+        key = f"omniglot_npz_{image_size}_{file_fingerprint(sources)}"
+        tsv = root / "characters.tsv"
+        rows = _read_tsv(tsv) if tsv.exists() else []
+        names = [f"{r['alphabet']} {r['folder']}" for r in rows] or [f"character {i + 1}" for i in range(1623)]
+
+        def load(split: int) -> np.ndarray:
+            with np.load(sources[split], allow_pickle=False) as z:
+                return _omniglot_resize(z["images"], image_size)
+
+    else:
+        index = [_omniglot_folder_index(sources[0], 1), _omniglot_folder_index(sources[1], 965)]
+        key = f"omniglot_png_{image_size}_{file_fingerprint(index[0][0] + index[1][0])}"
+        names = index[0][1] + index[1][1]
+
+        def load(split: int) -> np.ndarray:
+            paper = decode_images(index[split][0], channels=1) > 127  # True = paper, as in the npz
+            return _omniglot_resize(paper.reshape(-1, 20, *paper.shape[-2:]), image_size)
+
+    return cached_array(key + "_bg", lambda: load(0)), cached_array(key + "_ev", lambda: load(1)), names
+
+
+def _omniglot_resize(background: np.ndarray, size: int) -> np.ndarray:
+    """``bool (C, 20, 105, 105)`` with True = paper -> ``uint8 (C, 20, 1, size, size)``, ink = 255."""
+    c, d, h, w = background.shape
+    out = np.empty((c, d, 1, size, size), dtype=np.uint8)
+    for i in range(0, c, 128):  # chunks keep the float copy small
+        ink = torch.from_numpy(~background[i : i + 128]).float().view(-1, 1, h, w)
+        if (h, w) != (size, size):
+            ink = F.interpolate(ink, size=(size, size), mode="area")
+        out[i : i + 128] = ink.mul(255).round().to(torch.uint8).view(-1, d, 1, size, size).numpy()
+    return out
+
+
+@register_stream("omniglot_fscil")
+def omniglot_fscil(
+    data_root: str | os.PathLike | None = None,
+    *,
+    base_classes: int = 964,
+    sessions: int = 10,
+    ways: int = 10,
+    shots: int = 5,
+    image_size: int = 28,
+    seed: int = 0,
+) -> FSCILScenario:
+    """Omniglot FSCIL: 964 background characters, then 10 sessions of 10-way 5-shot.
+
+    Protocol (defaults): the base session holds the 964 background characters (all 30
+    background alphabets), drawers 0-14 for training (15 images per class) and drawers
+    15-19 for test. Then ``sessions`` sessions of ``ways``-way ``shots``-shot over the first
+    ``sessions * ways`` evaluation characters in label order (character id order); the
+    shots are drawn by ``seed`` from drawers 0-14, test on drawers 15-19. ``base_classes``
+    below 964 keeps the first background characters (quick runs).
+
+    Images: ``1 x image_size x image_size`` (default 28), area-downsampled from 105x105,
+    ink = 1 and paper = 0 (values in [0, 1], no mean/std normalisation), no augmentation.
+    Class ids: background character ``i`` -> ``i``; evaluation character ``j`` ->
+    ``base_classes + j``. Class names: ``"<alphabet> characterNN"``.
+
+    Data (``data_root/omniglot`` or ``data_root`` itself, default ``$AVALANCHE_FSCL_DATA``
+    or ``../shared/data``): ``images_background.npz`` + ``images_evaluation.npz`` (+
+    ``characters.tsv`` for names), or torchvision's Omniglot folder layout
+    ``omniglot-py/images_{background,evaluation}/<alphabet>/characterNN/XXXX_YY.png``.
+    """
+    root = dataset_folder(data_root, "omniglot")
+    bg, ev, names = _omniglot_arrays(root, image_size)
+    if not 1 <= base_classes <= len(bg):
+        raise ValueError(f"base_classes={base_classes}: allowed 1..{len(bg)} (background characters)")
+    n_novel = sessions * ways
+    if n_novel > len(ev):
+        raise ValueError(
+            f"sessions={sessions} x ways={ways} = {n_novel} novel classes but Omniglot has "
+            f"{len(ev)} evaluation characters"
+        )
+    chars = np.concatenate([bg[:base_classes], ev[:n_novel]])  # (C, 20, 1, S, S)
+    labels = np.repeat(np.arange(len(chars)), 15), np.repeat(np.arange(len(chars)), 5)
+    train = TensorImageDataset(torch.from_numpy(chars[:, :15].reshape(-1, 1, image_size, image_size)), labels[0])
+    test = TensorImageDataset(torch.from_numpy(chars[:, 15:].reshape(-1, 1, image_size, image_size)), labels[1])
+    class_names = names[:base_classes] + names[len(bg) : len(bg) + n_novel]
+    tf = ToFloatNormalize([0.0], [1.0])
+    return fscil_benchmark(
+        train, test, base_classes=base_classes, ways=ways, shots=shots, sessions=sessions,
+        seed=seed, class_names=class_names, eval_transform=tf,
+    )
+
+
+# --------------------------------------------------------------------- Tiny ImageNet
+
+
+def _tiny_imagenet_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one split (``"train_150pc"`` or ``"val"``) -> ``uint8 (N, 3, 64, 64)``, labels."""
+    zpath, tsv = root / f"{split}.zip", root / f"{split}_labels.tsv"
+    rows = _read_tsv(tsv)
+    labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
+
+    def build() -> np.ndarray:
+        with zipfile.ZipFile(zpath) as z:
+            raw = [z.read(r["file"]) for r in rows]
+        return decode_images(raw, size=64, channels=3)
+
+    key = f"tiny_imagenet_{split}_{file_fingerprint([zpath, tsv])}"
+    return cached_array(key, build), labels
+
+
+@register_stream("tiny_imagenet_fscil")
+def tiny_imagenet_fscil(
+    data_root: str | os.PathLike | None = None,
+    *,
+    base_classes: int = 100,
+    sessions: int = 10,
+    ways: int = 10,
+    shots: int = 5,
+    image_size: int = 64,
+    augment: bool = True,
+    seed: int = 0,
+) -> FSCILScenario:
+    """Tiny ImageNet FSCIL: 100 base classes (150 images each), then 10 sessions of 10-way 5-shot.
+
+    Protocol (defaults): labels are positions in the sorted wnid list (torchvision
+    ``ImageFolder`` order). The base session holds labels 0-99 with all 150 training
+    images each; then ``sessions`` sessions of ``ways``-way ``shots``-shot over labels
+    100-199 in order, shots drawn by ``seed``. Test: the 50 official validation images of
+    every class seen.
+
+    Images: ``3 x 64 x 64`` RGB (grey JPEGs converted), resized when ``image_size`` differs;
+    normalised with Tiny ImageNet's mean/std; training augmentation (``augment=True``):
+    random crop with 8-pixel zero padding + horizontal flip. Class names: the first WordNet
+    synonym (``classes.tsv``).
+
+    Data (``data_root/tiny_imagenet`` or ``data_root`` itself): ``train_150pc.zip`` +
+    ``train_150pc_labels.tsv``, ``val.zip`` + ``val_labels.tsv``, ``classes.tsv`` (see the
+    folder's README). Decoded once (about 10 s on 2 cores) and cached.
+    """
+    root = dataset_folder(data_root, "tiny_imagenet")
+    require_files(
+        root,
+        ["train_150pc.zip", "train_150pc_labels.tsv", "val.zip", "val_labels.tsv", "classes.tsv"],
+        "data_root",
+    )
+    names = [r["name"] for r in _read_tsv(root / "classes.tsv")]
+    xtr, ytr = _tiny_imagenet_split(root, "train_150pc")
+    xte, yte = _tiny_imagenet_split(root, "val")
+    used = base_classes + sessions * ways
+    if not 1 <= base_classes or used > len(names):
+        raise ValueError(
+            f"base_classes={base_classes} + sessions={sessions} x ways={ways} = {used} classes; "
+            f"allowed at most {len(names)}"
+        )
+    keep_tr, keep_te = ytr < used, yte < used
+    train = TensorImageDataset(_resize(xtr[keep_tr], image_size), ytr[keep_tr])
+    test = TensorImageDataset(_resize(xte[keep_te], image_size), yte[keep_te])
+    norm = ToFloatNormalize(TINY_IMAGENET_MEAN, TINY_IMAGENET_STD)
+    train_tf = Compose(RandomCropFlip(padding=image_size // 8), norm) if augment else norm
+    return fscil_benchmark(
+        train, test, base_classes=base_classes, ways=ways, shots=shots, sessions=sessions,
+        seed=seed, class_names=names, train_transform=train_tf, eval_transform=norm,
+    )
+
+
+def _resize(x: np.ndarray, size: int) -> torch.Tensor:
+    """``uint8 (N, C, H, W)`` -> tensor at ``size x size`` (no copy when the size matches)."""
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    if t.shape[-1] == size and t.shape[-2] == size:
+        return t
+    out = F.interpolate(t.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+# -------------------------------------------------------------------------- digits
+
+
+@register_stream("digits_fscil")
+def digits_fscil(
+    data_root: str | os.PathLike | None = None,
+    *,
+    base_classes: int = 4,
+    sessions: int = 3,
+    ways: int = 2,
+    shots: int = 5,
+    image_size: int = 8,
+    seed: int = 0,
+) -> FSCILScenario:
+    """scikit-learn digits FSCIL (no data needed): 4 base classes, then 3 sessions of 2-way 5-shot.
+
+    The embedded default stream: 1,797 real 8x8 handwritten digits bundled with
+    scikit-learn. Fixed train/test split: a stratified 70/30 split with
+    ``random_state=0`` (1,257 train / 540 test), independent of ``seed``. Base session:
+    digits 0-3 with all their training images; sessions add digits 4-5, 6-7, 8-9 with
+    ``shots`` images each (drawn by ``seed``); test on every test image of the classes seen.
+
+    Images: ``1 x 8 x 8`` grey in [0, 1] (pixel / 16), bilinearly resized when
+    ``image_size`` differs; no augmentation. Class names: ``"zero"`` .. ``"nine"``.
+    ``data_root`` is accepted for a uniform preset signature and ignored.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)
+    if image_size != 8:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    y = digits.target.astype(np.int64)
+    idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=0.3, stratify=y, random_state=0)
+    idx_tr, idx_te = np.sort(idx_tr), np.sort(idx_te)
+    train = TensorImageDataset(x[idx_tr], y[idx_tr])
+    test = TensorImageDataset(x[idx_te], y[idx_te])
+    return fscil_benchmark(
+        train, test, base_classes=base_classes, ways=ways, shots=shots, sessions=sessions,
+        seed=seed, class_names=DIGIT_NAMES, eval_transform=ToFloatNormalize([0.0], [1.0]),
+    )

@@ -1,0 +1,124 @@
+"""Presets on offline data: protocols, pixel conventions, caching, and clear errors."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from avalanche_fscl.streams import digits_fscil, omniglot_fscil, tiny_imagenet_fscil
+
+from conftest import require_dataset
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("AVALANCHE_FSCL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def test_digits_protocol():
+    bm = digits_fscil()
+    assert bm.session_classes == [[0, 1, 2, 3], [4, 5], [6, 7], [8, 9]]
+    assert [len(e.dataset) for e in bm.train_stream][1:] == [10, 10, 10]
+    assert sum(len(e.dataset) for e in bm.test_stream) == 540  # fixed 30% stratified split
+    assert len(bm.train_stream[0].dataset) == 503  # every training image of digits 0-3
+    x, y, t = bm.test_stream[3].dataset[0]
+    assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert bm.class_names[9] == "nine"
+    # the test split does not depend on the seed; the shots do
+    other = digits_fscil(seed=1)
+    assert other.shot_indices[1] != bm.shot_indices[1]
+    assert [len(e.dataset) for e in other.test_stream] == [len(e.dataset) for e in bm.test_stream]
+
+
+def test_digits_image_size_and_custom_protocol():
+    bm = digits_fscil(image_size=16, base_classes=2, ways=4, sessions=2, shots=3)
+    assert bm.train_stream[0].dataset[0][0].shape == (1, 16, 16)
+    assert bm.session_classes == [[0, 1], [2, 3, 4, 5], [6, 7, 8, 9]]
+
+
+def test_omniglot_default_protocol(data_root):
+    require_dataset(data_root, "omniglot")
+    bm = omniglot_fscil(data_root)
+    assert bm.n_sessions == 11 and len(bm.base_classes) == 964
+    assert len(bm.train_stream[0].dataset) == 964 * 15 and len(bm.test_stream[0].dataset) == 964 * 5
+    assert [len(e.dataset) for e in bm.train_stream[1:]] == [50] * 10
+    assert [len(e.dataset) for e in bm.test_stream[1:]] == [50] * 10
+    assert bm.session_classes[1] == list(range(964, 974))
+    assert bm.class_names[0] == "Arcadian character01"
+    assert bm.class_names[964] == "Angelic character01"  # evaluation character id 965
+    x = bm.train_stream[0].dataset[0][0]
+    assert x.shape == (1, 28, 28)
+    ink = x.mean().item()
+    assert 0.03 < ink < 0.3, "ink = 1 on a mostly-0 background"
+    # shots come from drawers 0-14: class 964's training images are its indices 15*964 ..
+    shots = bm.shot_indices[1][:5]
+    assert all(964 * 15 <= i < 965 * 15 for i in shots)
+
+
+def test_omniglot_matches_the_raw_npz_and_loads_fast_from_cache(data_root):
+    folder = require_dataset(data_root, "omniglot")
+    omniglot_fscil(data_root, base_classes=5, sessions=1, ways=5)  # warm the cache
+    t = time.perf_counter()
+    bm = omniglot_fscil(data_root, base_classes=5, sessions=1, ways=5, image_size=105)
+    raw = np.load(folder / "images_evaluation.npz")["images"]
+    # 105 px = no resampling: the preset's pixels are exactly the inverted bitmap
+    test_x = bm.test_stream[1].dataset[0][0]
+    assert torch.equal(test_x[0] > 0.5, torch.from_numpy(~raw[0, 15]))
+    t = time.perf_counter()
+    omniglot_fscil(data_root)
+    assert time.perf_counter() - t < 5.0, "cached Omniglot must load in seconds"
+
+
+def test_omniglot_accepts_the_torchvision_folder_layout(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    base = tmp_path / "omniglot-py"
+    bitmaps = {}
+    for split, first, alphabet, n in [("images_background", 1, "Latin", 3), ("images_evaluation", 965, "Angelic", 2)]:
+        for c in range(n):
+            folder = base / split / alphabet / f"character{c + 1:02d}"
+            folder.mkdir(parents=True)
+            for d in range(20):
+                bm = rng.random((105, 105)) > 0.1  # True = paper
+                bitmaps[(first + c, d)] = bm
+                Image.fromarray(bm).save(folder / f"{first + c:04d}_{d + 1:02d}.png")
+    scenario = omniglot_fscil(tmp_path, base_classes=3, sessions=1, ways=2, shots=2, image_size=105)
+    assert scenario.class_names == ["Latin character01", "Latin character02", "Latin character03",
+                                    "Angelic character01", "Angelic character02"]
+    x = scenario.test_stream[1].dataset[0][0]  # evaluation char 965, drawer 15
+    assert torch.equal(x[0] > 0.5, torch.from_numpy(~bitmaps[(965, 15)]))
+
+
+def test_omniglot_missing_folder_names_the_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data_root: no Omniglot data under .*images_background\.npz"):
+        omniglot_fscil(tmp_path)
+
+
+def test_omniglot_rejects_too_many_sessions(data_root):
+    require_dataset(data_root, "omniglot")
+    with pytest.raises(ValueError, match=r"sessions=70 x ways=10 = 700 novel classes .*659"):
+        omniglot_fscil(data_root, sessions=70)
+
+
+def test_tiny_imagenet_protocol(data_root):
+    require_dataset(data_root, "tiny_imagenet")
+    bm = tiny_imagenet_fscil(data_root)
+    assert bm.n_sessions == 11 and bm.base_classes == list(range(100))
+    assert len(bm.train_stream[0].dataset) == 100 * 150
+    assert [len(e.dataset) for e in bm.train_stream[1:]] == [50] * 10
+    assert len(bm.test_stream[0].dataset) == 5000 and [len(e.dataset) for e in bm.test_stream[1:]] == [500] * 10
+    assert bm.class_names[0] == "goldfish"
+    x = bm.test_stream[0].dataset.eval()[0][0]
+    assert x.shape == (3, 64, 64) and x.dtype == torch.float32
+    assert -3 < x.min() < 0 < x.max() < 3  # normalised
+    small = tiny_imagenet_fscil(data_root, image_size=32, sessions=2, augment=False)
+    assert small.test_stream[2].dataset[0][0].shape == (3, 32, 32) and small.n_sessions == 3
+
+
+def test_tiny_imagenet_missing_files_name_the_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data_root=.*missing .*train_150pc\.zip"):
+        tiny_imagenet_fscil(tmp_path)
