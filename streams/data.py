@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ __all__ = [
     "dataset_folder",
     "cache_dir",
     "cached_array",
+    "atomic_path",
     "decode_images",
 ]
 
@@ -168,11 +170,28 @@ def file_fingerprint(paths: Sequence[Path]) -> str:
 _MEMORY_CACHE: dict[str, np.ndarray] = {}
 
 
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
+
+    A killed process never leaves a half-written file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def cached_array(key: str, build: Callable[[], np.ndarray]) -> np.ndarray:
     """Return ``build()``, memoised in this process and cached on disk as ``<key>.npy``.
 
-    The disk write is atomic (temporary file + rename), so a killed process never
-    leaves a truncated cache behind. An unwritable cache folder only disables the disk cache.
+    The disk write is atomic; an unwritable cache folder only disables the disk cache.
     """
     if key in _MEMORY_CACHE:
         return _MEMORY_CACHE[key]
@@ -182,11 +201,8 @@ def cached_array(key: str, build: Callable[[], np.ndarray]) -> np.ndarray:
     else:
         arr = build()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.save(f, arr, allow_pickle=False)  # a file object: np.save adds no suffix
         except OSError:
             pass
     _MEMORY_CACHE[key] = arr

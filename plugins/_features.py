@@ -1,0 +1,111 @@
+"""Batched feature extraction shared by the classifier plugins (NCM, prototypes).
+
+The model must expose ``features(x) -> (B, D)`` (as :class:`~avalanche_fscl.models.FSCILNet`
+does). Every function runs under ``torch.no_grad`` with the model in eval mode (BatchNorm
+statistics are not touched) and restores each module's previous train/eval mode afterwards.
+Datasets are read in order (no shuffling, no global RNG use) with their current transform
+group: pass ``dataset.eval()`` for un-augmented features.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["eval_mode", "extract_features", "class_mean_features"]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode and restore every submodule's mode on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _batches(dataset: Dataset, batch_size: int, device) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(x, y)`` batches of ``dataset`` in order, on ``device`` (items ``(x, y, ...)``)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=getattr(dataset, "collate_fn", None),
+    )
+    for batch in loader:
+        yield batch[0].to(device), torch.as_tensor(batch[1]).to(device)
+
+
+def extract_features(
+    model: nn.Module, dataset: Dataset, batch_size: int, device: str | torch.device
+) -> tuple[Tensor, Tensor]:
+    """Features ``(N, D)`` and labels ``(N,)`` of every item of ``dataset``, in order."""
+    feats, labels = [], []
+    with eval_mode(model), torch.no_grad():
+        for x, y in _batches(dataset, batch_size, device):
+            feats.append(model.features(x))
+            labels.append(y)
+    if not feats:
+        raise ValueError("extract_features: the dataset is empty")
+    return torch.cat(feats), torch.cat(labels)
+
+
+def class_mean_features(
+    model: nn.Module,
+    dataset: Dataset,
+    classes: Sequence[int],
+    batch_size: int,
+    device: str | torch.device,
+    normalize_features: bool = False,
+) -> Tensor:
+    """Mean feature ``(K, D)`` of each class of ``classes`` (row ``k`` = ``classes[k]``).
+
+    Accumulated batch by batch (memory ``O(K * D)``); samples of other classes are ignored.
+
+    Args:
+        model: has ``features(x) -> (B, D)``.
+        dataset: items ``(x, y, ...)``.
+        classes: class ids whose means are wanted.
+        batch_size: feature-extraction batch size.
+        device: where the model is (the result lives there too).
+        normalize_features: L2-normalise each feature before averaging (iCaRL's NCM);
+            the returned means are *not* normalised either way.
+
+    Raises:
+        ValueError: a class of ``classes`` has no sample in ``dataset``.
+    """
+    classes = [int(c) for c in classes]
+    if not classes or min(classes) < 0 or len(set(classes)) != len(classes):
+        raise ValueError(f"class_mean_features: classes must be distinct ids >= 0, got {classes[:10]}")
+    sums: Tensor | None = None
+    counts = torch.zeros(len(classes), dtype=torch.long, device=device)
+    # class id -> row; ids outside `classes` map to -1 and are dropped
+    table = torch.full((max(classes) + 1,), -1, dtype=torch.long, device=device)
+    table[torch.tensor(classes, device=device)] = torch.arange(len(classes), device=device)
+    with eval_mode(model), torch.no_grad():
+        for x, y in _batches(dataset, batch_size, device):
+            f = model.features(x).float()  # accumulate in fp32 (AMP features)
+            if normalize_features:
+                f = F.normalize(f, dim=1)
+            if sums is None:
+                sums = f.new_zeros(len(classes), f.shape[1])
+            y = y.long()
+            rows = torch.where((y >= 0) & (y < len(table)), table[y.clamp(0, len(table) - 1)], -1)
+            keep = rows >= 0
+            sums.index_add_(0, rows[keep], f[keep])
+            counts += torch.bincount(rows[keep], minlength=len(classes))
+    missing = [c for c, n in zip(classes, counts.tolist()) if n == 0]
+    if missing:
+        raise ValueError(f"class_mean_features: no samples of classes {missing[:10]} in the dataset")
+    assert sums is not None
+    return sums / counts.unsqueeze(1).to(sums.dtype)
