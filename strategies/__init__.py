@@ -14,11 +14,12 @@ from .registry import (
     register_strategy,
     strategy_plugins,
 )
-from .template import FSCILStrategy, SessionSchedule
+from .template import FSCILStrategy, NovelEpochsPlugin, SessionSchedule
 
 __all__ = [
     "FSCILStrategy",
     "SessionSchedule",
+    "NovelEpochsPlugin",
     "StrategyEntry",
     "STRATEGIES",
     "create_strategy",

@@ -17,6 +17,7 @@ from ..plugins import (
     StatefulLwFPlugin,
 )
 from .registry import register_strategy
+from .template import NovelEpochsPlugin
 
 __all__ = ["finetune", "ewc", "lwf", "replay", "ncm", "joint", "prototype"]
 
@@ -28,8 +29,13 @@ def finetune() -> list[SupervisedPlugin]:
 
 
 @register_strategy("ewc")
-def ewc(ewc_lambda: float = 100.0) -> list[SupervisedPlugin]:
-    """Fine-tuning + EWC penalty (Fisher importance of earlier sessions' weights)."""
+def ewc(ewc_lambda: float = 1.0) -> list[SupervisedPlugin]:
+    """Fine-tuning + EWC penalty (Fisher importance of earlier sessions' weights).
+
+    With plain SGD the penalty's curvature ``2 * ewc_lambda * F`` must stay below
+    ``2 / lr``: on digits_fscil ``ewc_lambda >= 10`` at ``novel_lr=0.01`` diverges and the
+    model collapses to one class, hence the small default.
+    """
     return [StatefulEWCPlugin(ewc_lambda=ewc_lambda)]
 
 
@@ -53,9 +59,12 @@ def ncm(mem_per_class: int = 5, seed: int = 0) -> list[SupervisedPlugin]:
 
 
 @register_strategy("joint", cumulative=True)
-def joint() -> list[SupervisedPlugin]:
-    """Train each session on all training data seen so far: the upper bound."""
-    return []
+def joint(epochs: int | None = None) -> list[SupervisedPlugin]:
+    """Train each session on all training data seen so far: the upper bound.
+
+    ``epochs`` overrides the incremental sessions' epochs (each re-trains on the base data).
+    """
+    return [] if epochs is None else [NovelEpochsPlugin(epochs)]
 
 
 @register_strategy("prototype")

@@ -10,7 +10,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-__all__ = ["FSCILStrategy", "SessionSchedule"]
+__all__ = ["FSCILStrategy", "SessionSchedule", "NovelEpochsPlugin"]
 
 
 class SessionSchedule:
@@ -149,3 +149,22 @@ class FSCILStrategy(SupervisedTemplate):
             group["lr"] = lr
         self._step += 1
         super().optimizer_step()
+
+
+class NovelEpochsPlugin(SupervisedPlugin):
+    """Override the number of epochs of the incremental sessions (session >= 1).
+
+    Args:
+        epochs: epochs per incremental session for this strategy (e.g. 1 for ``joint``,
+            whose sessions re-train on all the base data).
+    """
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        if not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+        self.epochs = epochs
+
+    def before_training_exp(self, strategy, *args, **kwargs):
+        if getattr(strategy.experience, "current_experience", 0):
+            strategy.train_epochs = self.epochs
