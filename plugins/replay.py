@@ -10,7 +10,7 @@ from avalanche.benchmarks.utils.classification_dataset import (
 )
 from avalanche.core import SupervisedPlugin
 from torch import Tensor
-from torch.utils.data import Dataset
+from ..streams.data import TensorImageDataset
 
 __all__ = ["ClassBalancedReplayPlugin"]
 
@@ -70,7 +70,7 @@ class ClassBalancedReplayPlugin(SupervisedPlugin):
             return None
         targets = self.memory_y.tolist()
         return _make_taskaware_classification_dataset(
-            _TensorPairs(self.memory_x, targets), targets=targets, task_labels=0
+            TensorImageDataset(self.memory_x, targets), targets=targets, task_labels=0
         )
 
     # ------------------------------------------------------------------ callbacks
@@ -151,17 +151,3 @@ def _indices_by_class(dataset) -> dict[int, list[int]]:
     for i, c in enumerate(targets):
         out.setdefault(int(c), []).append(i)
     return out
-
-
-class _TensorPairs(Dataset):
-    """``(x[i], y[i])`` items with a ``targets`` list (what Avalanche's wrappers expect)."""
-
-    def __init__(self, x: Tensor, targets: list[int]):
-        self.x = x
-        self.targets = targets
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int):
-        return self.x[i], self.targets[i]

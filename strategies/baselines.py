@@ -45,17 +45,27 @@ def lwf(alpha: float = 1.0, temperature: float = 2.0) -> list[SupervisedPlugin]:
     return [StatefulLwFPlugin(alpha=alpha, temperature=temperature)]
 
 
+def _epochs(epochs: int | None) -> list[SupervisedPlugin]:
+    return [] if epochs is None else [NovelEpochsPlugin(epochs)]
+
+
 @register_strategy("replay")
-def replay(mem_per_class: int = 5, seed: int = 0) -> list[SupervisedPlugin]:
-    """Fine-tuning with a class-balanced replay memory (mem_per_class samples per class)."""
-    return [ClassBalancedReplayPlugin(mem_per_class=mem_per_class, seed=seed)]
+def replay(mem_per_class: int = 5, seed: int = 0, epochs: int | None = None) -> list[SupervisedPlugin]:
+    """Fine-tuning with a class-balanced replay memory (mem_per_class samples per class).
+
+    ``epochs`` overrides the incremental sessions' epochs (each epoch also covers the memory).
+    """
+    return [ClassBalancedReplayPlugin(mem_per_class=mem_per_class, seed=seed), *_epochs(epochs)]
 
 
 @register_strategy("ncm")
-def ncm(mem_per_class: int = 5, seed: int = 0) -> list[SupervisedPlugin]:
-    """iCaRL-style: replay memory + nearest-class-mean classifier over normalised features."""
+def ncm(mem_per_class: int = 5, seed: int = 0, epochs: int | None = None) -> list[SupervisedPlugin]:
+    """iCaRL-style: replay memory + nearest-class-mean classifier over normalised features.
+
+    ``epochs`` overrides the incremental sessions' epochs (each epoch also covers the memory).
+    """
     memory = ClassBalancedReplayPlugin(mem_per_class=mem_per_class, seed=seed)
-    return [memory, NCMClassifierPlugin(source="memory", replay=memory)]
+    return [memory, NCMClassifierPlugin(source="memory", replay=memory), *_epochs(epochs)]
 
 
 @register_strategy("joint", cumulative=True)
@@ -64,7 +74,7 @@ def joint(epochs: int | None = None) -> list[SupervisedPlugin]:
 
     ``epochs`` overrides the incremental sessions' epochs (each re-trains on the base data).
     """
-    return [] if epochs is None else [NovelEpochsPlugin(epochs)]
+    return _epochs(epochs)
 
 
 @register_strategy("prototype")

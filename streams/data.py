@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -33,21 +34,22 @@ __all__ = [
     "cached_array",
     "atomic_path",
     "decode_images",
+    "resize_images",
 ]
 
 
 class TensorImageDataset(Dataset):
-    """Images held in memory as one tensor, with integer class labels.
+    """Samples held in memory as one tensor, with integer class labels.
 
     Args:
-        data: ``(N, C, H, W)`` tensor, ``uint8`` (0-255) or float.
+        data: ``(N, C, H, W)`` images, ``uint8`` (0-255) or float (any ``(N, ...)`` works).
         targets: ``(N,)`` integer class labels.
     """
 
     def __init__(self, data: Tensor, targets: Tensor | Sequence[int]):
         targets = torch.as_tensor(targets, dtype=torch.long)
-        if data.ndim != 4:
-            raise ValueError(f"data must be (N, C, H, W), got shape {tuple(data.shape)}")
+        if data.ndim < 1:
+            raise ValueError(f"data must be (N, ...), got shape {tuple(data.shape)}")
         if len(data) != len(targets):
             raise ValueError(f"data has {len(data)} items but targets has {len(targets)}")
         self.data = data
@@ -207,6 +209,22 @@ def cached_array(key: str, build: Callable[[], np.ndarray]) -> np.ndarray:
             pass
     _MEMORY_CACHE[key] = arr
     return arr
+
+
+def resize_images(images: np.ndarray | Tensor, size: int) -> Tensor:
+    """``uint8 (N, C, H, W)`` -> ``uint8 (N, C, size, size)``, antialiased bilinear, in chunks.
+
+    Returns the input (as a tensor, no copy) when it already has that size.
+    """
+    t = torch.as_tensor(images)
+    if tuple(t.shape[-2:]) == (size, size):
+        return t
+    out = [
+        F.interpolate(t[i : i + 1024].float(), size=(size, size), mode="bilinear", antialias=True)
+        .round_().clamp_(0, 255).to(torch.uint8)
+        for i in range(0, len(t), 1024)
+    ]
+    return torch.cat(out)
 
 
 def decode_images(

@@ -29,6 +29,7 @@ from .data import (
     decode_images,
     file_fingerprint,
     require_files,
+    resize_images,
 )
 from .fscil import FSCILScenario, fscil_benchmark
 from .registry import register_stream
@@ -213,19 +214,6 @@ def _unpickle(path: Path) -> dict:
         return pickle.load(f, encoding="bytes")
 
 
-def _resize_square(images: np.ndarray, size: int) -> np.ndarray:
-    """``uint8 (N, C, H, W)`` -> ``uint8 (N, C, size, size)`` (antialiased; no copy if equal)."""
-    if images.shape[-2:] == (size, size):
-        return images
-    from torchvision.transforms.v2 import functional as TF
-
-    chunks = [
-        TF.resize(torch.from_numpy(images[i : i + 1024]), [size, size], antialias=True).numpy()
-        for i in range(0, len(images), 1024)
-    ]
-    return np.concatenate(chunks)
-
-
 def _cifar_split(folder: Path, split: str, image_size: int) -> TensorImageDataset:
     """One CIFAR-100 pickle -> ``uint8 (N, 3, S, S)`` images + fine labels (both cached)."""
     path = folder / split
@@ -240,7 +228,7 @@ def _cifar_split(folder: Path, split: str, image_size: int) -> TensorImageDatase
         return raw
 
     labels = cached_array(key + "-labels", lambda: load()["y"])
-    images = cached_array(key + "-images", lambda: _resize_square(load()["x"], image_size))
+    images = cached_array(key + "-images", lambda: resize_images(load()["x"], image_size).numpy())
     return TensorImageDataset(torch.from_numpy(images), labels.tolist())
 
 

@@ -28,6 +28,7 @@ from .data import (
     decode_images,
     file_fingerprint,
     require_files,
+    resize_images,
 )
 from .fscil import FSCILScenario, fscil_benchmark
 from .registry import register_stream
@@ -242,23 +243,14 @@ def tiny_imagenet_fscil(
             f"allowed at most {len(names)}"
         )
     keep_tr, keep_te = ytr < used, yte < used
-    train = TensorImageDataset(_resize(xtr[keep_tr], image_size), ytr[keep_tr])
-    test = TensorImageDataset(_resize(xte[keep_te], image_size), yte[keep_te])
+    train = TensorImageDataset(resize_images(xtr[keep_tr], image_size), ytr[keep_tr])
+    test = TensorImageDataset(resize_images(xte[keep_te], image_size), yte[keep_te])
     norm = ToFloatNormalize(TINY_IMAGENET_MEAN, TINY_IMAGENET_STD)
     train_tf = Compose(RandomCropFlip(padding=image_size // 8), norm) if augment else norm
     return fscil_benchmark(
         train, test, base_classes=base_classes, ways=ways, shots=shots, sessions=sessions,
         seed=seed, class_names=names, train_transform=train_tf, eval_transform=norm,
     )
-
-
-def _resize(x: np.ndarray, size: int) -> torch.Tensor:
-    """``uint8 (N, C, H, W)`` -> tensor at ``size x size`` (no copy when the size matches)."""
-    t = torch.from_numpy(np.ascontiguousarray(x))
-    if t.shape[-1] == size and t.shape[-2] == size:
-        return t
-    out = F.interpolate(t.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out.round().clamp(0, 255).to(torch.uint8)
 
 
 # -------------------------------------------------------------------------- digits

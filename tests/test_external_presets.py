@@ -114,7 +114,7 @@ def test_cifar100_resize_sessions_and_cache(tmp_path, monkeypatch):
     )
     # a second load reads the on-disk cache: the pickles are not read again
     monkeypatch.setattr(data_mod, "_MEMORY_CACHE", {})
-    monkeypatch.setattr(external, "_resize_square", lambda *a: pytest.fail("decoded twice"))
+    monkeypatch.setattr(external, "resize_images", lambda *a: pytest.fail("decoded twice"))
     assert cifar100_fscil(root, image_size=16, sessions=2).shot_indices == sc.shot_indices
 
 

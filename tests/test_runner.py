@@ -190,7 +190,7 @@ def test_cli_flags_override_the_shipped_config(tmp_path):
     cfg = config_from_args(args)
     assert cfg.stream.name == "omniglot_fscil" and cfg.model.backbone == "conv4"
     assert cfg.strategies == ["finetune", "prototype"] and cfg.seeds == [3, 4]
-    assert cfg.train.base_epochs == 2 and cfg.train.novel_epochs == 5
+    assert cfg.train.base_epochs == 2 and cfg.train.novel_epochs == 20
     assert cfg.wandb.mode == "offline" and cfg.wandb.project == "p"
 
 
