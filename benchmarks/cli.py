@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import warnings
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -97,6 +98,8 @@ def _cmd_list() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Import-time noise of a third-party dependency (avalanche -> qpsolvers), not ours.
+    warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
     if args.command == "list":
         _cmd_list()
         return 0
