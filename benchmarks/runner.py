@@ -330,6 +330,7 @@ def run_benchmark(
     write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
     start = time.perf_counter()
+    environment = _env_info(cfg.device)  # at the start: the commit that ran, not a later one
     scenarios = {
         seed: get_stream(cfg.stream.name, data_root=cfg.data_root, seed=seed, **cfg.stream.args)
         for seed in cfg.seeds
@@ -360,7 +361,7 @@ def run_benchmark(
         "suite": cfg.suite,
         "command": command,
         "config": config_to_dict(cfg),
-        "environment": _env_info(cfg.device),
+        "environment": environment,
         "scenario": next(iter(scenarios.values())).describe(),
         "wall_time_s": time.perf_counter() - start,
         "runs": runs,
