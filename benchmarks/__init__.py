@@ -6,7 +6,19 @@ Configs are YAML validated into :class:`RunConfig`; shipped ones live in ``confi
 """
 
 from .config import ConfigError, RunConfig, config_from_dict, list_configs, load_config
-from .runner import BenchmarkError, resume_config, run_benchmark
+
+_RUNNER = ("run_benchmark", "resume_config", "BenchmarkError")
+
+
+def __getattr__(name: str):
+    # The runner imports torch and Avalanche: loaded on first use, so the CLI can set up
+    # warning filters and answer `--help` / `list` arguments before those imports.
+    if name in _RUNNER:
+        from . import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "RunConfig",
