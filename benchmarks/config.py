@@ -67,6 +67,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     cosine: bool = True
+    channels_last: bool = False  # conv layout: ~1.8x faster on CPU for Conv4
 
 
 @dataclass

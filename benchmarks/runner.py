@@ -120,7 +120,8 @@ def _base_cache_key(cfg: RunConfig, seed: int, base_training: str) -> str:
         "stream_args": cfg.stream.args,
         "data_root": str(Path(cfg.data_root).resolve()) if cfg.data_root else None,
         "model": config_to_dict(cfg)["model"],
-        "train": [t.batch_size, t.base_epochs, t.base_lr, t.momentum, t.weight_decay, t.cosine],
+        "train": [t.batch_size, t.base_epochs, t.base_lr, t.momentum, t.weight_decay, t.cosine,
+                  t.channels_last],
         "seed": seed,
         "base_training": base_training,
         "device_type": torch.device(cfg.device).type,
@@ -181,6 +182,7 @@ class _Run:
             schedule=SessionSchedule(t.base_epochs, t.base_lr, t.novel_epochs, t.novel_lr, t.cosine),
             strategy_args=args, plugins=[capture], train_mb_size=t.batch_size,
             eval_mb_size=t.eval_batch_size, device=self.cfg.device, evaluator=evaluator,
+            channels_last=t.channels_last,
         )
         return strategy, capture
 
