@@ -1,7 +1,7 @@
 """Runner overhead: one session of ``finetune`` through the runner's strategy versus a plain
 PyTorch loop doing the same epochs on the same data, same model, same batch size.
 
-    python -m avalanche_fscl.benchmarks.overhead --stream omniglot_fscil --epochs 2
+    python -m avalanche_fscl.benchmarks.overhead --stream omniglot_fscil --epochs 1 --repeats 2
 
 Writes a JSON record (``--output``) with both times per epoch and their ratio.
 """
@@ -31,7 +31,8 @@ def _model(backbone: str, in_channels: int, n_classes: int, seed: int) -> FSCILN
 
 
 def measure_overhead(stream: str, backbone: str, epochs: int, batch_size: int, data_root: str | None,
-                     device: str = "cpu", seed: int = 0, stream_args: dict | None = None) -> dict:
+                     device: str = "cpu", seed: int = 0, stream_args: dict | None = None,
+                     repeats: int = 2) -> dict:
     """Seconds per epoch of the base session: runner strategy vs. plain loop, and the ratio."""
     sc = get_stream(stream, data_root=data_root, seed=seed, **(stream_args or {}))
     exp = sc.train_stream[0]
@@ -41,40 +42,51 @@ def measure_overhead(stream: str, backbone: str, epochs: int, batch_size: int, d
     ds = exp.dataset.train()
     x = torch.stack([ds[i][0] for i in range(len(ds))]).to(device)
     y = torch.tensor([int(ds[i][1]) for i in range(len(ds))], device=device)
-    model = _model(backbone, in_ch, sc.n_classes, seed).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    model.train()
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        perm = torch.randperm(len(y), device=device)
-        for i in range(0, len(y), batch_size):
-            idx = perm[i : i + batch_size]
-            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    plain = (time.perf_counter() - t0) / epochs
 
-    model = _model(backbone, in_ch, sc.n_classes, seed)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="No loggers specified")
-        evaluator = EvaluationPlugin(FSCILMetric(stream_name="test"), loggers=[])  # as in the runner
-    strategy = create_strategy(
-        "finetune", model=model, optimizer=opt, train_mb_size=batch_size, device=device,
-        schedule=SessionSchedule(base_epochs=epochs, base_lr=0.1), evaluator=evaluator,
-    )
-    t0 = time.perf_counter()
-    strategy.train(exp)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    runner = (time.perf_counter() - t0) / epochs
+    def plain_loop() -> float:
+        model = _model(backbone, in_ch, sc.n_classes, seed).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        model.train()
+        t0 = time.perf_counter()
+        for _ in range(epochs):
+            perm = torch.randperm(len(y), device=device)
+            for i in range(0, len(y), batch_size):
+                idx = perm[i : i + batch_size]
+                loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / epochs
+
+    def runner_loop() -> float:
+        model = _model(backbone, in_ch, sc.n_classes, seed)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="No loggers specified")
+            evaluator = EvaluationPlugin(FSCILMetric(stream_name="test"), loggers=[])  # as in the runner
+        strategy = create_strategy(
+            "finetune", model=model, optimizer=opt, train_mb_size=batch_size, device=device,
+            schedule=SessionSchedule(base_epochs=epochs, base_lr=0.1), evaluator=evaluator,
+        )
+        t0 = time.perf_counter()
+        strategy.train(exp)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / epochs
+
+    # interleaved repeats; the minimum of each is the least disturbed by other load
+    times = {"plain": [], "runner": []}
+    for _ in range(repeats):
+        times["plain"].append(plain_loop())
+        times["runner"].append(runner_loop())
+    plain, runner = min(times["plain"]), min(times["runner"])
     return {
         "stream": stream, "backbone": backbone, "epochs": epochs, "batch_size": batch_size,
         "samples": len(y), "plain_s_per_epoch": plain, "runner_s_per_epoch": runner,
-        "ratio": runner / plain, "environment": _env_info(device),
+        "ratio": runner / plain, "repeats": times, "torch_threads": torch.get_num_threads(),
+        "environment": _env_info(device),
     }
 
 
@@ -86,9 +98,14 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--data-root")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved repeats (minimum reported)")
+    p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--output", help="JSON file for the record")
     a = p.parse_args()
-    rec = measure_overhead(a.stream, a.backbone, a.epochs, a.batch_size, a.data_root, a.device)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    rec = measure_overhead(a.stream, a.backbone, a.epochs, a.batch_size, a.data_root, a.device,
+                           repeats=a.repeats)
     print(f"{a.stream} / {a.backbone}: plain {rec['plain_s_per_epoch']:.2f} s/epoch, "
           f"runner {rec['runner_s_per_epoch']:.2f} s/epoch, ratio {rec['ratio']:.3f}")
     if a.output:
