@@ -7,7 +7,7 @@ Configs are YAML validated into :class:`RunConfig`; shipped ones live in ``confi
 
 from .config import ConfigError, RunConfig, config_from_dict, list_configs, load_config
 
-_RUNNER = ("run_benchmark", "resume_config", "BenchmarkError")
+_RUNNER = ("run_benchmark", "report_benchmark", "resume_config", "BenchmarkError")
 
 
 def __getattr__(name: str):
@@ -28,5 +28,6 @@ __all__ = [
     "load_config",
     "list_configs",
     "run_benchmark",
+    "report_benchmark",
     "resume_config",
 ]

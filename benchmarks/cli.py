@@ -3,6 +3,7 @@
     avalanche-fscl run                         # embedded default: digits_fscil, all baselines
     avalanche-fscl run --config omniglot_fscil --seeds 0 1 2 --wandb offline
     avalanche-fscl run --resume runs/omniglot_fscil/20261127-101500
+    avalanche-fscl report runs/omniglot_fscil/20261127-101500   # report of the finished runs
     avalanche-fscl list
 """
 
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override any config key, e.g. --set train.base_epochs=5 (YAML value)")
     run.add_argument("--resume", metavar="OUTPUT_DIR", help="continue the run in OUTPUT_DIR")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    report = sub.add_parser("report", help="write the report of the finished runs in an output folder")
+    report.add_argument("output", metavar="OUTPUT_DIR")
     sub.add_parser("list", help="list streams, strategies, backbones and shipped configs")
     return parser
 
@@ -103,10 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "list":
         _cmd_list()
         return 0
-    from .runner import BenchmarkError, resume_config, run_benchmark
+    from .runner import BenchmarkError, report_benchmark, resume_config, run_benchmark
 
     command = "avalanche-fscl " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     try:
+        if args.command == "report":
+            report_benchmark(args.output, command=command)
+            print(f"\nresults: {Path(args.output) / 'results.md'}")
+            return 0
         if args.resume:
             cfg = resume_config(args.resume)
             cfg.output = args.resume

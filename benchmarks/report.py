@@ -102,6 +102,7 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
     env = results["environment"]
     seeds = results["config"]["seeds"]
     table = format_table(summary)
+    seeds_per = "; ".join(f"{n}: {p['seeds']}" for n, p in summary["per_strategy"].items())
     md = "\n".join([
         f"# {results['suite']}: {results['config']['stream']['name']}",
         "",
@@ -116,7 +117,10 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
         f"- Command: `{results['command']}`" if results.get("command") else "- Command: (Python API)",
         f"- Machine: {env['processor']}, {env['cpu_count']} CPUs, torch threads {env['torch_threads']}, "
         f"device {env['device_name']}; torch {env['torch']}, avalanche {env['avalanche']}",
-        f"- Wall time: {results['wall_time_s']:.1f} s",
+        f"- Wall time: {results['wall_time_s']:.1f} s (sum over runs: "
+        f"{results.get('wall_time_s_all_sessions', results['wall_time_s']):.1f} s)",
+        *([f"- **Incomplete**: not finished yet: {', '.join(results['incomplete'])} "
+           f"(seeds per strategy: {seeds_per})"] if results.get("incomplete") else []),
         "",
     ])
     write_json(out / "results.json", results)

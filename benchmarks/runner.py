@@ -38,7 +38,7 @@ from .config import ConfigError, RunConfig, config_from_dict, config_to_dict
 from .io import load_torch, save_torch, write_json, write_text
 from .report import aggregate, write_report
 
-__all__ = ["run_benchmark", "resume_config", "BenchmarkError"]
+__all__ = ["run_benchmark", "report_benchmark", "resume_config", "BenchmarkError"]
 
 CHECKPOINT_VERSION = 1
 
@@ -359,21 +359,55 @@ def run_benchmark(
             runs.append(run.run())
     bar.close()
 
-    results = {
-        "suite": cfg.suite,
-        "command": command,
-        "config": config_to_dict(cfg),
-        "environment": environment,
-        "scenario": next(iter(scenarios.values())).describe(),
-        "wall_time_s": time.perf_counter() - start,
-        "runs": runs,
-        "summary": aggregate(runs, cfg.strategies),
-    }
-    results["wall_time_s_all_sessions"] = sum(r["wall_time_s"] for r in runs)
+    results = _results(cfg, command, environment, next(iter(scenarios.values())).describe(), runs,
+                       wall_time=time.perf_counter() - start)
     md = write_report(out, results)
     if cfg.wandb.mode != "off":
         _log_suite_to_wandb(cfg, out, results)
     log(md)
+    return results
+
+
+def _results(cfg: RunConfig, command: str | None, environment: dict, scenario: str,
+             runs: list[dict], wall_time: float, missing: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "suite": cfg.suite,
+        "command": command,
+        "config": config_to_dict(cfg),
+        "environment": environment,
+        "scenario": scenario,
+        "wall_time_s": wall_time,
+        "wall_time_s_all_sessions": sum(r["wall_time_s"] for r in runs),
+        "incomplete": missing or [],
+        "runs": runs,
+        "summary": aggregate(runs, cfg.strategies),
+    }
+
+
+def report_benchmark(output: str | os.PathLike, *, command: str | None = None,
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write the report of the finished (strategy, seed) runs in ``output``.
+
+    For a run that is still going or was stopped: the report covers what finished and
+    lists the missing pairs under ``incomplete``; ``--resume`` completes it later.
+    """
+    cfg = resume_config(output)
+    out = Path(output)
+    runs, missing = [], []
+    for seed in cfg.seeds:
+        for name in cfg.strategies:
+            path = out / "runs" / name / f"seed{seed}.json"
+            if path.exists():
+                with open(path, encoding="utf-8") as f:
+                    runs.append(json.load(f))
+            else:
+                missing.append(f"{name}/seed{seed}")
+    if not runs:
+        raise BenchmarkError(f"{out}: no finished (strategy, seed) run to report")
+    scenario = get_stream(cfg.stream.name, data_root=cfg.data_root, seed=cfg.seeds[0], **cfg.stream.args)
+    results = _results(cfg, command, _env_info(cfg.device), scenario.describe(), runs,
+                       wall_time=sum(r["wall_time_s"] for r in runs), missing=missing)
+    log(write_report(out, results))
     return results
 
 

@@ -236,3 +236,25 @@ def test_wandb_offline_writes_one_run_per_strategy_and_seed(tmp_path):
     summary_history = by_name["digits_fscil/summary"]["history"]
     assert any("results_table" in row for row in summary_history)
     assert any("sessions" in row for row in summary_history)
+
+
+def test_report_of_a_partially_finished_run(suite, tmp_path, capsys):
+    import shutil
+
+    _, cfg, results, _ = suite
+    copy = tmp_path / "partial"
+    shutil.copytree(cfg.output, copy)
+    (copy / "runs" / "joint" / "seed0.json").unlink()
+    for name in ("results.json", "results.md", "sessions.png"):
+        (copy / name).unlink()
+    assert main(["report", str(copy)]) == 0
+    rep = json.loads((copy / "results.json").read_text())
+    assert rep["incomplete"] == ["joint/seed0"]
+    assert [row[0] for row in rep["summary"]["rows"]] == ["finetune", "replay", "prototype"]
+    finished = {r["strategy"]: r["table"] for r in results["runs"]}
+    assert {r["strategy"]: r["table"] for r in rep["runs"]} == {k: v for k, v in finished.items() if k != "joint"}
+    md = (copy / "results.md").read_text()
+    assert "**Incomplete**: not finished yet: joint/seed0" in md
+    assert (copy / "sessions.png").exists()
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "no run there" in capsys.readouterr().err
