@@ -2,7 +2,7 @@
 
     python -m avalanche_fscl.benchmarks.example
 
-Prints the per-session FSCIL table (about 20 s on 2 CPU cores, no data needed).
+Prints the per-session FSCIL table (no data needed).
 """
 
 from __future__ import annotations
