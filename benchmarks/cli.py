@@ -5,27 +5,53 @@
     avalanche-fscl run --resume runs/omniglot_fscil/20261127-101500
     avalanche-fscl report runs/omniglot_fscil/20261127-101500   # report of the finished runs
     avalanche-fscl list
+
+Every input error is one line naming the problem (exit status 2); config, stream and backbone
+errors are found before Avalanche is imported. Ctrl-C says where the run stopped and how to
+continue it (exit status 130).
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
-import warnings
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import yaml
 
-from .config import CONFIG_DIR, ConfigError, RunConfig, config_from_dict, config_to_dict, list_configs, load_config
+from .config import (
+    CONFIG_DIR,
+    ConfigError,
+    RunConfig,
+    check_light,
+    config_from_dict,
+    config_to_dict,
+    list_configs,
+    load_config,
+    read_yaml,
+)
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
+# `run` flags that shape a run: a resumed run keeps its saved config, so these are refused with --resume.
+_RUN_FLAGS = {
+    "config": "--config", "stream": "--stream", "strategies": "--strategy", "seeds": "--seeds",
+    "device": "--device", "data_root": "--data-root", "output": "--output",
+    "wandb_project": "--wandb-project", "set": "--set", "base_cache": "--base-cache",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2, like every other input error
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="avalanche-fscl", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="avalanche-fscl", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run (or resume) a benchmark suite")
     run.add_argument("--config", help="YAML config file, or the name of a shipped config (see `list`)")
     run.add_argument("--stream", help="stream preset (its shipped config supplies the defaults)")
@@ -37,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="output folder (default: the config's, else runs/<suite>/<timestamp>)")
     run.add_argument("--wandb", choices=["off", "offline", "online"], help="W&B tracking mode")
     run.add_argument("--wandb-project", help="W&B project")
+    run.add_argument("--base-cache", choices=["on", "off", "refresh"],
+                     help="shared base sessions: on (default: load or train and store), off, refresh (retrain)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any config key, e.g. --set train.base_epochs=5 (YAML value)")
-    run.add_argument("--resume", metavar="OUTPUT_DIR", help="continue the run in OUTPUT_DIR")
+    run.add_argument("--resume", metavar="OUTPUT_DIR", help="continue the run in OUTPUT_DIR with its saved config")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     report = sub.add_parser("report", help="write the report of the finished runs in an output folder")
     report.add_argument("output", metavar="OUTPUT_DIR")
@@ -49,12 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _set_key(data: dict, dotted: str, value_text: str) -> None:
     keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"--set {dotted}={value_text}: empty key")
     node = data
     for k in keys[:-1]:
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: {k} is not a section")
-    node[keys[-1]] = yaml.safe_load(value_text)
+    try:
+        node[keys[-1]] = yaml.safe_load(value_text)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {dotted}={value_text}: not a YAML value") from None
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -64,14 +97,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     else:
         name = args.stream or "digits_fscil"
         shipped = CONFIG_DIR / f"{name}.yaml"
-        data = yaml.safe_load(shipped.read_text(encoding="utf-8")) if shipped.exists() else {"suite": name}
+        data = read_yaml(shipped, what="config") if shipped.exists() else {"suite": name}
     if args.stream:
         data.setdefault("stream", {})
         if data["stream"].get("name") != args.stream:
             data["stream"] = {"name": args.stream, "args": {}}
     flags = {
         "strategies": args.strategies, "seeds": args.seeds, "device": args.device,
-        "data_root": args.data_root, "output": args.output,
+        "data_root": args.data_root, "output": args.output, "base_cache": args.base_cache,
     }
     data.update({k: v for k, v in flags.items() if v is not None})
     if args.wandb:
@@ -86,9 +119,29 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return config_from_dict(data)
 
 
+def _resume_config(args: argparse.Namespace) -> RunConfig:
+    """The saved config of ``--resume DIR``; flags that would change it are refused."""
+    from .runner import resume_config
+
+    given = [flag for attr, flag in _RUN_FLAGS.items() if getattr(args, attr) not in (None, [])]
+    if given:
+        raise ConfigError(
+            f"--resume continues {args.resume} with its saved config; it cannot take {', '.join(given)} "
+            f"(start a new run with another --output to change them)"
+        )
+    cfg = resume_config(args.resume)
+    if args.wandb and args.wandb != cfg.wandb.mode:
+        raise ConfigError(
+            f"--wandb {args.wandb}: the run in {args.resume} logs with --wandb {cfg.wandb.mode}, and a resumed "
+            f"run keeps its mode (start a new run with another --output to change it)"
+        )
+    cfg.output = args.resume
+    return cfg
+
+
 def _cmd_list() -> None:
-    from ..models import list_backbones
-    from ..streams import list_streams
+    from ..models.backbones import list_backbones
+    from ..streams.registry import list_streams
     from ..strategies import list_strategies
 
     for title, items in [("streams", list_streams()), ("strategies", list_strategies()),
@@ -100,30 +153,43 @@ def _cmd_list() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     # Import-time noise of a third-party dependency (avalanche -> qpsolvers), not ours.
     warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
-    if args.command == "list":
-        _cmd_list()
-        return 0
-    from .runner import BenchmarkError, report_benchmark, resume_config, run_benchmark
-
     command = "avalanche-fscl " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     try:
+        if args.command == "list":
+            _cmd_list()
+            return 0
         if args.command == "report":
-            report_benchmark(args.output, command=command)
+            from .runner import report_benchmark
+
+            report_benchmark(args.output)
             print(f"\nresults: {Path(args.output) / 'results.md'}")
             return 0
-        if args.resume:
-            cfg = resume_config(args.resume)
-            cfg.output = args.resume
-            resume = True
-        else:
-            cfg, resume = config_from_args(args), False
+        resume = bool(args.resume)
+        cfg = _resume_config(args) if resume else config_from_args(args)
+        check_light(cfg)  # before Avalanche is imported: answers in about a second
+        from .runner import BenchmarkError, run_benchmark
+
         run_benchmark(cfg, resume=resume, command=command, progress=not args.no_progress)
-    except (ConfigError, FileNotFoundError, BenchmarkError) as e:
+    except KeyboardInterrupt:
+        print("\navalanche-fscl: interrupted before any session finished; nothing to resume", file=sys.stderr)
+        return 130
+    except (ConfigError, FileNotFoundError) as e:
         print(f"avalanche-fscl: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - the runner's own errors get one line, others a traceback
+        from .runner import BenchmarkError, RunInterrupted
+
+        if isinstance(e, RunInterrupted):
+            print(f"\navalanche-fscl: {e}", file=sys.stderr)
+            return 130
+        if isinstance(e, BenchmarkError):
+            print(f"avalanche-fscl: error: {e}", file=sys.stderr)
+            return 2
+        raise
     print(f"\nresults: {Path(cfg.output) / 'results.md'}")
     return 0
 

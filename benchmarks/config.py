@@ -7,6 +7,7 @@ An unknown key or a value of the wrong type is a :class:`ConfigError` that names
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ __all__ = [
     "WandbConfig",
     "RunConfig",
     "load_config",
+    "check_light",
+    "read_yaml",
     "config_from_dict",
     "config_to_dict",
     "CONFIG_DIR",
@@ -92,12 +95,16 @@ class RunConfig:
         default_factory=lambda: ["finetune", "ewc", "lwf", "replay", "ncm", "prototype", "joint"]
     )
     strategy_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # extra evaluation columns for every strategy: {registered column: {its arguments}}
+    columns: dict[str, dict[str, Any]] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
     device: str = "cpu"
     num_threads: int | None = None
     data_root: str | None = None
     output: str | None = None  # None: runs/<suite>/<timestamp>
-    base_cache: str | None = None
+    # shared base sessions: "on" (load or train and store), "off" (neither), "refresh" (train and overwrite)
+    base_cache: Literal["on", "off", "refresh"] = "on"
+    base_cache_dir: str | None = None  # None: $AVALANCHE_FSCL_CACHE/base_sessions
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
@@ -190,17 +197,58 @@ def _check_values(cfg: RunConfig) -> None:
     for key, v in positive.items():
         if v < 1:
             raise ConfigError(f"{key}: must be >= 1, got {v}")
-    for key in ("base_epochs", "novel_epochs"):
+    for key in ("base_epochs", "novel_epochs", "base_lr", "novel_lr", "momentum", "weight_decay"):
         if getattr(cfg.train, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(cfg.train, key)}")
     if not cfg.seeds:
         raise ConfigError("seeds: at least one seed is required")
+    bad = [s for s in cfg.seeds if s < 0]
+    if bad:
+        raise ConfigError(f"seeds: must be integers >= 0, got {bad[0]}")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"seeds: duplicates in {cfg.seeds}")
+    if cfg.num_threads is not None and cfg.num_threads < 1:
+        raise ConfigError(f"num_threads: must be >= 1 or null, got {cfg.num_threads}")
     if not cfg.strategies:
         raise ConfigError("strategies: at least one strategy is required")
     if len(set(cfg.strategies)) != len(cfg.strategies):
         raise ConfigError(f"strategies: duplicates in {cfg.strategies}")
-    if not (cfg.device == "cpu" or cfg.device.startswith("cuda") or cfg.device == "mps"):
+    if not (cfg.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", cfg.device) or cfg.device == "mps"):
         raise ConfigError(f"device: {cfg.device!r} is not allowed; allowed: cpu, cuda, cuda:N, mps")
+
+
+def check_light(cfg: RunConfig) -> None:
+    """Checks that need the stream and backbone registries but not Avalanche (about 1 s).
+
+    Raises :class:`ConfigError` for an unknown stream, a ``stream.args`` key the preset does
+    not take (or of the wrong type, or below its minimum), an unknown backbone, or a CUDA
+    device on a machine without one.
+    """
+    from ..models.backbones import list_backbones
+    from ..streams.registry import check_stream_args, list_streams
+
+    streams = list_streams()
+    if cfg.stream.name not in streams:
+        raise ConfigError(f"stream.name: unknown {cfg.stream.name!r}; allowed: {', '.join(streams)}")
+    try:
+        check_stream_args(cfg.stream.name, cfg.stream.args)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.model.backbone not in list_backbones():
+        raise ConfigError(f"model.backbone: unknown {cfg.model.backbone!r}; allowed: {', '.join(list_backbones())}")
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {cfg.device!r} requested but torch sees no CUDA GPU on this machine; use --device cpu")
+        index = torch.device(cfg.device).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ConfigError(f"device: {cfg.device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if cfg.device == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ConfigError("device: 'mps' requested but torch sees no MPS device on this machine; use --device cpu")
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -217,12 +265,30 @@ def load_config(path: str | Path) -> RunConfig:
         raise FileNotFoundError(
             f"--config {path}: no such file (shipped configs: {', '.join(list_configs())})"
         )
-    with open(p, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+    data = read_yaml(p, what="--config")
     try:
         return config_from_dict(data)
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from None
+
+
+def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
+    """Parse a YAML config file; invalid YAML is a :class:`ConfigError` naming the file and line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{what} {path}: invalid YAML at{where}: {problem}") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {path}: cannot read it ({e.strerror})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path}: a config must be a mapping of keys to values, got {type(data).__name__}")
+    return data
 
 
 def list_configs() -> dict[str, str]:

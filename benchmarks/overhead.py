@@ -18,7 +18,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from ..models import FSCILNet, create_backbone
 from ..plugins import FSCILMetric
 from ..streams import get_stream
-from ..strategies import SessionSchedule, create_strategy
+from ..strategies import SessionSchedule, StrategyContext, create_strategy
 from .io import write_json
 from .runner import _env_info
 
@@ -67,8 +67,9 @@ def measure_overhead(stream: str, backbone: str, epochs: int, batch_size: int, d
             warnings.filterwarnings("ignore", message="No loggers specified")
             evaluator = EvaluationPlugin(FSCILMetric(stream_name="test"), loggers=[])  # as in the runner
         strategy = create_strategy(
-            "finetune", model=model, optimizer=opt, train_mb_size=batch_size, device=device,
-            schedule=SessionSchedule(base_epochs=epochs, base_lr=0.1), evaluator=evaluator,
+            "finetune", StrategyContext(sc, seed=seed, device=device), model=model, optimizer=opt,
+            train_mb_size=batch_size, schedule=SessionSchedule(base_epochs=epochs, base_lr=0.1),
+            evaluator=evaluator,
         )
         t0 = time.perf_counter()
         strategy.train(exp)

@@ -2,21 +2,37 @@
 
 Layout of an output folder::
 
-    config.yaml                     resolved config (what --resume reads)
-    checkpoints/<strategy>/seed<k>.pt   state after the last finished session (deleted when done)
-    runs/<strategy>/seed<k>.json    finished (strategy, seed): FSCIL table, timings
-    results.json / results.md / sessions.png   the suite's report (written at the end)
-    wandb/                          offline W&B runs (when --wandb offline)
+    config.yaml                          resolved config (what --resume reads)
+    run.json                             provenance: suite id, command, environment per invocation
+    checkpoints/<strategy>/seed<k>.pt    state after the last finished session (deleted when done)
+    runs/<strategy>/seed<k>.json         a finished (strategy, seed): FSCIL table, columns, timings
+    results.json / results.md / sessions.png   the suite's report
+    wandb/                               offline W&B runs (--wandb offline): complete runs only
+    wandb-setaside/                      offline files of killed attempts, replaced on --resume
+
+One (strategy, seed) run (:class:`_Run`), from stream to metric:
+
+1. build: the registered :class:`~avalanche_fscl.strategies.StrategySpec` gives the model,
+   optimizer, schedule, plugins and extra columns; they become an :class:`FSCILStrategy`
+   with an :class:`FSCILMetric` evaluator (:meth:`_Run.__init__`);
+2. restore the checkpoint of the last finished session, if any (:meth:`_Run._restore`);
+3. for each session ``s``: seed every RNG from ``(seed, s)``; train (:meth:`_Run._train`:
+   session 0 loads the shared base session or fits and caches it); evaluate on
+   ``test_stream[:s+1]`` and the extra columns (:meth:`_Run._evaluate`); report progress
+   and the W&B row; checkpoint (:meth:`_Run._checkpoint`);
+4. write ``runs/<strategy>/seed<k>.json`` and drop the checkpoint (:meth:`_Run._finish`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import platform
 import random
 import resource
+import secrets
 import subprocess
 import sys
 import time
@@ -28,23 +44,42 @@ import numpy as np
 import torch
 import yaml
 
-from ..models import FSCILNet, create_backbone
 from ..plugins import FSCILMetric
 from ..streams import FSCILScenario, get_stream
 from ..streams.data import cache_dir
-from ..strategies import FSCILStrategy, SessionSchedule, create_strategy
-from ..strategies.registry import get_entry
-from .config import ConfigError, RunConfig, config_from_dict, config_to_dict
+from ..strategies import (
+    EvalColumn,
+    FSCILStrategy,
+    StrategyContext,
+    create_column,
+    create_strategy,
+    make_spec,
+    require_state_dicts,
+)
+from .cache import BaseSessionCache, CacheError, code_fingerprint, package_versions
+from .config import ConfigError, RunConfig, check_light, config_from_dict, config_to_dict, read_yaml
 from .io import load_torch, save_torch, write_json, write_text
-from .report import aggregate, write_report
+from .report import aggregate, flat_table, write_report
 
-__all__ = ["run_benchmark", "report_benchmark", "resume_config", "BenchmarkError"]
+__all__ = [
+    "run_benchmark",
+    "report_benchmark",
+    "resume_config",
+    "check_config",
+    "BenchmarkError",
+    "RunInterrupted",
+]
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_FORMAT = "avalanche-fscl/run-checkpoint"
+CHECKPOINT_VERSION = 2
 
 
 class BenchmarkError(RuntimeError):
-    """A run cannot start (e.g. the output folder already holds another run)."""
+    """A run cannot start or continue (e.g. the output folder already holds another run)."""
+
+
+class RunInterrupted(BenchmarkError):
+    """Ctrl-C: the message says where the run stopped and how to continue it."""
 
 
 def seed_everything(seed: int, session: int) -> None:
@@ -57,26 +92,6 @@ def seed_everything(seed: int, session: int) -> None:
     random.seed(s)
     np.random.seed(s)
     torch.manual_seed(s)
-
-
-class _BaseCapture:
-    """Plugin that records the model right after base-session training.
-
-    It runs first in the plugin list, so it sees the weights before other plugins'
-    ``after_training_exp`` (prototypes, EWC's importance pass) touch the model.
-    """
-
-    def __init__(self):
-        self.state: dict[str, torch.Tensor] | None = None
-
-    def after_training_exp(self, strategy, *args, **kwargs):
-        if strategy.experience.current_experience == 0 and strategy.train_epochs > 0:
-            self.state = {k: v.detach().cpu().clone() for k, v in strategy.model.state_dict().items()}
-
-    def __getattr__(self, name):  # every other Avalanche callback is a no-op
-        if name.startswith(("before_", "after_")):
-            return lambda *a, **k: None
-        raise AttributeError(name)
 
 
 def _env_info(device: str) -> dict[str, Any]:
@@ -94,12 +109,12 @@ def _env_info(device: str) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
     }
     try:
-        info["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip() or None
+        root = Path(__file__).resolve().parent
+        git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, timeout=5, cwd=root).stdout.strip()  # noqa: E731
+        info["git_commit"] = git("rev-parse", "HEAD") or None
+        info["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no")) if info["git_commit"] else None
     except (OSError, subprocess.SubprocessError):
-        info["git_commit"] = None
+        info["git_commit"] = info["git_dirty"] = None
     return info
 
 
@@ -110,191 +125,295 @@ def _peak_memory_mb(device: str) -> dict[str, float]:
     return out
 
 
-def _base_cache_key(cfg: RunConfig, seed: int, base_training: str) -> str:
-    from .. import __version__
-
-    t = cfg.train
-    key = {
-        "version": __version__,
-        "stream": cfg.stream.name,
-        "stream_args": cfg.stream.args,
-        "data_root": str(Path(cfg.data_root).resolve()) if cfg.data_root else None,
-        "model": config_to_dict(cfg)["model"],
-        "train": [t.batch_size, t.base_epochs, t.base_lr, t.momentum, t.weight_decay, t.cosine,
-                  t.channels_last],
-        "seed": seed,
-        "base_training": base_training,
-        "device_type": torch.device(cfg.device).type,
-    }
-    blob = json.dumps(key, sort_keys=True).encode()
-    return f"{cfg.stream.name}-{cfg.model.backbone}-seed{seed}-{hashlib.sha256(blob).hexdigest()[:16]}"
+def _remove_empty_dirs(path: Path, stop: Path) -> None:
+    """Remove ``path`` and its parents up to (not including) ``stop`` while they are empty."""
+    while path != stop and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        path = path.parent
 
 
-def build_model(cfg: RunConfig, scenario: FSCILScenario, seed: int) -> FSCILNet:
-    """The network for ``scenario``, initialised from ``seed``."""
-    torch.manual_seed(seed)
-    in_channels = scenario.train_stream[0].dataset[0][0].shape[0]
-    backbone = create_backbone(cfg.model.backbone, in_channels=in_channels, **cfg.model.backbone_args)
-    return FSCILNet(backbone, scenario.n_classes, head=cfg.model.head, scale=cfg.model.scale)
+class _Suite:
+    """What every (strategy, seed) run of one suite shares: config, folders, progress, ids."""
 
+    def __init__(self, cfg: RunConfig, out: Path, suite_id: str, progress: Callable[..., None]):
+        self.cfg, self.out, self.suite_id, self.progress = cfg, out, suite_id, progress
+        self.base_dir = Path(cfg.base_cache_dir) if cfg.base_cache_dir else cache_dir() / "base_sessions"
+        self.position: tuple[str, int, int] | None = None  # (strategy, seed, last finished session)
 
-def _plugins_with_state(strategy: FSCILStrategy) -> dict[str, Any]:
-    """Plugins that can be checkpointed, keyed by position and class name (stable per strategy)."""
-    return {
-        f"{i}:{type(p).__name__}": p
-        for i, p in enumerate(strategy.plugins)
-        if hasattr(p, "state_dict") and hasattr(p, "load_state_dict") and not isinstance(p, torch.nn.Module)
-    }
-
-
-def _clock_state(strategy: FSCILStrategy) -> dict[str, int]:
-    return {k: v for k, v in vars(strategy.clock).items() if isinstance(v, int)}
+    def wandb_id(self, name: str) -> str:
+        """The W&B run id of ``name`` (a strategy/seed or the summary): stable across resumes."""
+        return hashlib.sha256(f"{self.suite_id}/{name}".encode()).hexdigest()[:16]
 
 
 class _Run:
     """One (strategy, seed): train and evaluate session by session, checkpointing each."""
 
-    def __init__(self, cfg: RunConfig, out: Path, scenario: FSCILScenario, strategy: str, seed: int,
-                 on_session: Callable[[str, int, int, dict], None]):
-        self.cfg, self.out, self.scenario = cfg, out, scenario
-        self.name, self.seed, self.on_session = strategy, seed, on_session
-        self.entry = get_entry(strategy)
-        self.ckpt_path = out / "checkpoints" / strategy / f"seed{seed}.pt"
-        self.result_path = out / "runs" / strategy / f"seed{seed}.json"
-        base_dir = Path(cfg.base_cache) if cfg.base_cache else cache_dir() / "base_sessions"
-        self.base_path = base_dir / f"{_base_cache_key(cfg, seed, self.entry.base_training)}.pt"
-
-    def _strategy(self, model: FSCILNet, metric: FSCILMetric, loggers: list) -> tuple[FSCILStrategy, _BaseCapture]:
+    def __init__(self, suite: _Suite, scenario: FSCILScenario, name: str, seed: int):
         from avalanche.training.plugins import EvaluationPlugin
 
-        t = self.cfg.train
-        opt = torch.optim.SGD(model.parameters(), lr=t.base_lr, momentum=t.momentum,
-                              weight_decay=t.weight_decay, nesterov=t.momentum > 0)
-        args = dict(self.cfg.strategy_args.get(self.name, {}))
-        if "seed" in self.entry.hyperparameters():
-            args.setdefault("seed", self.seed)
-        capture = _BaseCapture()
+        cfg = suite.cfg
+        self.suite, self.cfg, self.scenario, self.name, self.seed = suite, cfg, scenario, name, seed
+        self.ckpt_path = suite.out / "checkpoints" / name / f"seed{seed}.pt"
+        self.result_path = suite.out / "runs" / name / f"seed{seed}.json"
+        self.ctx = StrategyContext(scenario, config=cfg, seed=seed, device=cfg.device)
+        self.spec = make_spec(name, cfg.strategy_args.get(name), seed=seed)
+
+        model = self.spec.build_model(self.ctx)
+        self.metric = FSCILMetric(stream_name="test")
+        self.plugins = self.spec.plugins(self.ctx)
+        self.columns: list[EvalColumn] = [
+            *self.spec.columns(self.ctx), *(create_column(c, self.ctx, a) for c, a in cfg.columns.items())
+        ]
+        names = [c.name for c in self.columns]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"columns: two extra columns of {name!r} share a name: {names}")
+        self._stateful = {f"{i}:{type(p).__name__}": p for i, p in enumerate(self.plugins)}
+        self._stateful.update({f"column:{c.name}": c for c in self.columns if not c.stateless})
+        require_state_dicts(self._stateful)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="No loggers specified")
-            evaluator = EvaluationPlugin(metric, loggers=loggers)
-        strategy = create_strategy(
-            self.name, model=model, optimizer=opt,
-            schedule=SessionSchedule(t.base_epochs, t.base_lr, t.novel_epochs, t.novel_lr, t.cosine),
-            strategy_args=args, plugins=[capture], train_mb_size=t.batch_size,
-            eval_mb_size=t.eval_batch_size, device=self.cfg.device, evaluator=evaluator,
-            channels_last=t.channels_last,
+            evaluator = EvaluationPlugin(self.metric, loggers=[])
+        t = cfg.train
+        self.strategy: FSCILStrategy = create_strategy(
+            self.spec, self.ctx, model=model, spec_plugins=self.plugins, train_mb_size=t.batch_size,
+            eval_mb_size=t.eval_batch_size, evaluator=evaluator, channels_last=t.channels_last,
         )
-        return strategy, capture
+        self.base_cache = self._base_cache()
+        self.base_info: dict[str, Any] | None = None
+        self.column_values: dict[str, list[float | None]] = {c.name: [] for c in self.columns}
+        self.elapsed, self.session_times = 0.0, []
+        self.wandb = None
 
+    # ------------------------------------------------------------------ building
+    def _base_cache(self) -> BaseSessionCache | None:
+        own = self.spec.base_session_key(self.ctx)
+        if own is None:
+            return None
+        cfg = self.cfg
+        key = {
+            "stream": cfg.stream.name, "stream_args": cfg.stream.args,
+            "data_root": str(Path(cfg.data_root).resolve()) if cfg.data_root else None,
+            "seed": self.seed, "device_type": torch.device(cfg.device).type,
+            "strategy": own, "code": code_fingerprint(self.spec), "versions": package_versions(),
+        }
+        return BaseSessionCache(self.suite.base_dir, key, cfg.base_cache, label=f"{cfg.stream.name}-seed{self.seed}")
+
+    # ------------------------------------------------------------------- the run
     def run(self) -> dict[str, Any]:
-        from .wandb_logger import WandbRunLogger
-
-        cfg, sc = self.cfg, self.scenario
-        model = build_model(cfg, sc, self.seed)
-        metric = FSCILMetric(stream_name="test")
-        state = load_torch(self.ckpt_path, cfg.device) if self.ckpt_path.exists() else None
-        wb = WandbRunLogger(
-            mode=cfg.wandb.mode, project=cfg.wandb.project, group=cfg.suite,
-            name=f"{cfg.stream.name}/{self.name}/seed{self.seed}", tags=cfg.wandb.tags,
-            config={**config_to_dict(cfg), "strategy": self.name, "seed": self.seed},
-            dir=self.out, run_id=state["wandb"]["run_id"] if state and state.get("wandb") else None,
-            resume=state is not None, entity=cfg.wandb.entity,
-        )
-        strategy, capture = self._strategy(model, metric, [wb] if cfg.wandb.mode != "off" else [])
-        plugins = _plugins_with_state(strategy)
-        start, elapsed, session_times = 0, 0.0, []
-        if state is not None:
-            model.load_state_dict(state["model"])
-            strategy.optimizer.load_state_dict(state["optimizer"])
-            for key, p in plugins.items():
-                p.load_state_dict(state["plugins"][key])
-            metric.load_state_dict(state["metric"])
-            for k, v in state["clock"].items():
-                setattr(strategy.clock, k, v)
-            start, elapsed, session_times = state["session"] + 1, state["elapsed"], state["session_times"]
-            if strategy.cumulative:
-                strategy.remember(sc.train_stream[:start])
-
-        for s in range(start, sc.n_sessions):
+        start = self._restore()
+        self._open_wandb(start)
+        for s in range(start, self.scenario.n_sessions):
             t0 = time.perf_counter()
             seed_everything(self.seed, s)
-            schedule = strategy.schedule
-            cached = s == 0 and self.base_path.exists()
-            if cached:  # shared base session: load it, run the hooks with 0 epochs
-                model.load_state_dict(load_torch(self.base_path, cfg.device))
-                strategy.schedule = replace_schedule(schedule, base_epochs=0)
-            strategy.train(sc.train_stream[s])
-            strategy.schedule = schedule
-            if s == 0 and not cached and capture.state is not None:
-                save_torch(self.base_path, capture.state)
-            strategy.eval(sc.test_stream[: s + 1])
-            session_times.append(time.perf_counter() - t0)
-            elapsed += session_times[-1]
-            row = metric.table().sessions[-1]
-            self.on_session(self.name, self.seed, s, {"acc": row.acc, "base_cached": cached})
-            save_torch(self.ckpt_path, {
-                "version": CHECKPOINT_VERSION, "session": s, "model": model.state_dict(),
-                "optimizer": strategy.optimizer.state_dict(),
-                "plugins": {k: p.state_dict() for k, p in plugins.items()},
-                "metric": metric.state_dict(), "clock": _clock_state(strategy),
-                "elapsed": elapsed, "session_times": session_times, "wandb": wb.state_dict(),
-            })
+            self._train(s)
+            self._evaluate(s)
+            self.session_times.append(time.perf_counter() - t0)
+            self.elapsed += self.session_times[-1]
+            self._record(s)
+            self._checkpoint(s)
+        return self._finish()
 
-        table = metric.table()
-        result = {
-            "strategy": self.name, "seed": self.seed, "table": table.to_dict(),
-            "wall_time_s": elapsed, "session_times_s": session_times,
-            "peak_memory": _peak_memory_mb(cfg.device),
-        }
-        if cfg.wandb.mode != "off":
-            wb.log_summary({"AA": table.aa, "PD": table.pd, "last_acc": table.sessions[-1].acc})
-            wb.log_results_table(
-                ["session", "acc", "base", "novel", "hm"],
-                [[r.session, r.acc, r.base, r.novel, r.hm] for r in table.sessions],
+    def _restore(self) -> int:
+        """Load the checkpoint (if any); return the first session still to run."""
+        if not self.ckpt_path.exists():
+            return 0
+        state = load_torch(self.ckpt_path, self.cfg.device)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("version") != CHECKPOINT_VERSION:
+            found = state.get("version") if isinstance(state, dict) else None
+            raise BenchmarkError(
+                f"{self.ckpt_path}: checkpoint format version {found!r}, but this avalanche-fscl reads "
+                f"version {CHECKPOINT_VERSION}; finish the run with the version that wrote it, or delete "
+                f"the file to restart {self.name}/seed{self.seed} from session 0"
             )
-        wb.finish()
+        if (state["strategy"], state["seed"]) != (self.name, self.seed):
+            raise BenchmarkError(f"{self.ckpt_path}: holds {state['strategy']}/seed{state['seed']}, not {self.name}/seed{self.seed}")
+        if state["code"] != self._code():
+            warnings.warn(
+                f"{self.name}/seed{self.seed}: resuming a checkpoint written by other code "
+                f"(fingerprint {state['code']}, now {self._code()}); sessions after "
+                f"{state['session']} run with the current code", RuntimeWarning, stacklevel=2,
+            )
+        s = self.strategy
+        s.model.load_state_dict(state["model"])
+        s.optimizer.load_state_dict(state["optimizer"])
+        for key, obj in self._stateful.items():
+            obj.load_state_dict(state["states"][key])
+        self.metric.load_state_dict(state["metric"])
+        for k, v in state["clock"].items():
+            setattr(s.clock, k, v)
+        start = state["session"] + 1
+        s.session = state["session"]
+        if s.cumulative:
+            s.remember(self.scenario.train_stream[:start])
+        self.column_values = {k: list(v) for k, v in state["column_values"].items()}
+        self.elapsed, self.session_times = state["elapsed"], list(state["session_times"])
+        self.base_info = state["base_session"]
+        return start
+
+    def _code(self) -> str:
+        return code_fingerprint(self.spec, *self.plugins, *self.columns)
+
+    def _train(self, s: int) -> None:
+        """Train session ``s``. Session 0: the shared cached weights (0 epochs in the loop) or
+        the spec's ``fit_base_session`` plus the loop, whose fitted weights are cached."""
+        exp, strategy = self.scenario.train_stream[s], self.strategy
+        if s > 0:
+            strategy.train(exp)
+            return
+        cache = self.base_cache
+        try:
+            cached = cache.load() if cache is not None else None
+        except CacheError as e:
+            raise BenchmarkError(str(e)) from None
+        if cached is not None:
+            strategy.model.load_state_dict(cached)
+            strategy.mark_pretrained(0)
+        else:
+            self.spec.fit_base_session(strategy, exp, self.ctx)
+        strategy.capture_fitted_state = cached is None and cache is not None
+        strategy.train(exp)
+        strategy.capture_fitted_state = False
+        if cache is None:
+            self.base_info = {"source": "trained", "cache": "none (strategy opts out)", "file": None, "key": None}
+            return
+        if cached is None:
+            cache.save(strategy.fitted_state)
+            strategy.fitted_state = None
+        self.base_info = cache.describe("cache" if cached is not None else "trained")
+
+    def _evaluate(self, s: int) -> None:
+        self.strategy.eval(self.scenario.test_stream[: s + 1])
+        for col in self.columns:
+            value = col.evaluate(self.strategy, s)
+            self.column_values[col.name].append(None if value is None else float(value))
+
+    def _session_values(self, s: int) -> dict[str, float]:
+        """The W&B row of session ``s`` (FSCIL metrics and extra columns; fractions)."""
+        table = self.metric.table(upto=s)
+        row = table.sessions[-1]
+        values = {"FSCIL/session_acc": row.acc, "FSCIL/base_acc": row.base, "FSCIL/novel_acc": row.novel,
+                  "FSCIL/hm": row.hm, "FSCIL/AA": table.aa, "FSCIL/PD": table.pd}
+        values.update({f"FSCIL/acc_exp/Exp{j:03d}": a for j, a in enumerate(table.matrix[-1]) if a == a})
+        values.update({f"columns/{k}": v[s] for k, v in self.column_values.items() if v[s] is not None})
+        return values
+
+    def _record(self, s: int) -> None:
+        acc = self.metric.table(upto=s).sessions[-1].acc
+        self.suite.progress(self.name, self.seed, s, acc)
+        if self.wandb is not None:
+            self.wandb.log_session(s, self._session_values(s))
+
+    def _checkpoint(self, s: int) -> None:
+        save_torch(self.ckpt_path, {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "code": self._code(),
+            "strategy": self.name, "seed": self.seed, "session": s,
+            "model": self.strategy.model.state_dict(), "optimizer": self.strategy.optimizer.state_dict(),
+            "states": {k: obj.state_dict() for k, obj in self._stateful.items()},
+            "metric": self.metric.state_dict(),
+            "clock": {k: v for k, v in vars(self.strategy.clock).items() if isinstance(v, int)},
+            "column_values": self.column_values, "elapsed": self.elapsed,
+            "session_times": self.session_times, "base_session": self.base_info,
+        })
+        self.suite.position = (self.name, self.seed, s)
+
+    def _open_wandb(self, start: int) -> None:
+        """Open this run's W&B run. A resumed offline run sets the killed attempt's files aside
+        and re-logs the checkpointed sessions into a clean run with the same id (so
+        ``wandb/`` syncs completely and the history is whole and monotonic); an online
+        run continues on the server (``resume="allow"``)."""
+        cfg = self.cfg
+        if cfg.wandb.mode == "off":
+            return
+        from .wandb_logger import WandbRunLogger, set_aside_offline_runs
+
+        run_id = self.suite.wandb_id(f"{self.name}/seed{self.seed}")
+        set_aside_offline_runs(self.suite.out / "wandb", run_id, self.suite.out / "wandb-setaside")
+        self.wandb = WandbRunLogger(
+            mode=cfg.wandb.mode, project=cfg.wandb.project, group=cfg.suite, entity=cfg.wandb.entity,
+            name=f"{cfg.stream.name}/{self.name}/seed{self.seed}", tags=cfg.wandb.tags,
+            config={**config_to_dict(cfg), "strategy": self.name, "seed": self.seed,
+                    "strategy_hparams": self.spec.hparams},
+            dir=self.suite.out, run_id=run_id, resume=cfg.wandb.mode == "online" and start > 0,
+        )
+        if cfg.wandb.mode == "offline":
+            for s in range(start):
+                self.wandb.log_session(s, self._session_values(s))
+
+    def _finish(self) -> dict[str, Any]:
+        table = self.metric.table()
+        result = {
+            "strategy": self.name, "seed": self.seed, "hparams": self.spec.hparams,
+            "table": table.to_dict(),
+            "columns": {c.name: {"title": c.title or c.name, "higher_is_better": c.higher_is_better,
+                                 "values": self.column_values[c.name]} for c in self.columns},
+            "base_session": self.base_info, "wall_time_s": self.elapsed,
+            "session_times_s": self.session_times, "peak_memory": _peak_memory_mb(self.cfg.device),
+        }
+        if self.wandb is not None:
+            self.wandb.log_summary({"AA": table.aa, "PD": table.pd, "last_acc": table.sessions[-1].acc,
+                                    **{f"columns/{k}": v[-1] for k, v in self.column_values.items()}})
+            names = list(self.column_values)
+            self.wandb.log_results_table(
+                ["session", "acc", "base", "novel", "hm", *names],
+                [[r.session, r.acc, r.base, r.novel, r.hm, *(self.column_values[n][i] for n in names)]
+                 for i, r in enumerate(table.sessions)],
+                key="FSCIL/table",
+            )
+            self.wandb.finish()
         write_json(self.result_path, result)
         self.ckpt_path.unlink(missing_ok=True)
+        _remove_empty_dirs(self.ckpt_path.parent, self.suite.out)
         return result
 
 
-def replace_schedule(schedule: SessionSchedule, **changes: Any) -> SessionSchedule:
-    """A copy of ``schedule`` with some fields changed."""
-    kw = dict(base_epochs=schedule.base_epochs, base_lr=schedule.base_lr,
-              novel_epochs=schedule.novel_epochs, novel_lr=schedule.novel_lr, cosine=schedule.cosine)
-    kw.update(changes)
-    return SessionSchedule(**kw)
-
-
-def resume_config(output: str | os.PathLike) -> RunConfig:
-    """The config of the run in ``output`` (its ``config.yaml``)."""
+# --------------------------------------------------------------------------- suites
+def resume_config(output: str | os.PathLike, *, what: str = "--resume") -> RunConfig:
+    """The config of the run in ``output`` (its ``config.yaml``); ``what`` names the argument in errors."""
     path = Path(output) / "config.yaml"
     if not path.exists():
-        raise FileNotFoundError(f"--resume {output}: no run there ({path} not found)")
-    with open(path, encoding="utf-8") as f:
-        return config_from_dict(yaml.safe_load(f))
+        raise FileNotFoundError(f"{what} {output}: no run there ({path} not found)")
+    data = read_yaml(path, what=what)
+    if data.get("base_cache") is None or data.get("base_cache") not in ("on", "off", "refresh"):
+        # folders written before base_cache became a mode held a cache folder (or null) there
+        data["base_cache_dir"] = data.get("base_cache")
+        data["base_cache"] = "on"
+    return config_from_dict(data)
 
 
-def check_names(cfg: RunConfig) -> None:
-    """Raise :class:`ConfigError` for an unknown stream, strategy, hyper-parameter or backbone."""
-    from ..models import list_backbones
-    from ..strategies import STRATEGIES
-    from ..streams import STREAMS
+def check_config(cfg: RunConfig) -> None:
+    """Raise :class:`ConfigError` for an unknown strategy, hyper-parameter or column, or a
+    device this machine lacks (stream arguments and backbones: :func:`~.config.check_light`)."""
+    from ..strategies import COLUMNS, STRATEGIES, get_strategy
 
-    if cfg.stream.name not in STREAMS:
-        raise ConfigError(f"stream.name: unknown {cfg.stream.name!r}; allowed: {', '.join(sorted(STREAMS))}")
+    check_light(cfg)
     for name in [*cfg.strategies, *cfg.strategy_args]:
         if name not in STRATEGIES:
             raise ConfigError(f"strategies: unknown {name!r}; allowed: {', '.join(sorted(STRATEGIES))}")
     for name, args in cfg.strategy_args.items():
-        allowed = STRATEGIES[name].hyperparameters()
+        allowed = get_strategy(name).hyperparameters()
         unknown = sorted(set(args) - set(allowed))
         if unknown:
             raise ConfigError(
                 f"strategy_args.{name}.{unknown[0]}: unknown hyper-parameter; allowed: {', '.join(allowed) or '(none)'}"
             )
-    if cfg.model.backbone not in list_backbones():
-        raise ConfigError(f"model.backbone: unknown {cfg.model.backbone!r}; allowed: {', '.join(list_backbones())}")
+    for name in cfg.columns:
+        if name not in COLUMNS:
+            raise ConfigError(f"columns.{name}: unknown column; allowed: {', '.join(sorted(COLUMNS)) or '(none registered)'}")
+    for name in cfg.strategies:  # a value the strategy rejects (e.g. mem_per_class=0) fails here, not mid-run
+        try:
+            make_spec(name, cfg.strategy_args.get(name), seed=cfg.seeds[0])
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"strategy_args.{name}: {e}") from None
+
+
+def _build_scenarios(cfg: RunConfig) -> dict[int, FSCILScenario]:
+    scenarios = {}
+    for seed in cfg.seeds:
+        try:
+            scenarios[seed] = get_stream(cfg.stream.name, data_root=cfg.data_root, seed=seed, **cfg.stream.args)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"stream {cfg.stream.name} (stream.args {cfg.stream.args}): {e}") from None
+    return scenarios
 
 
 def run_benchmark(
@@ -307,6 +426,9 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run (or resume) a suite and write its report; returns the ``results.json`` content.
 
+    Everything is validated and every scenario built before the output folder is created,
+    so a bad config leaves nothing behind.
+
     Args:
         cfg: the validated config; ``cfg.output`` is the output folder (``None``:
             ``runs/<suite>/<timestamp>``, set on ``cfg``).
@@ -315,10 +437,15 @@ def run_benchmark(
         command: the command line, recorded in the report.
         progress: show a progress bar (stderr).
         log: where to print the final table.
+
+    Raises:
+        ConfigError: a bad config (names the key). BenchmarkError: the output folder holds
+        another run, or a checkpoint cannot be read. RunInterrupted: Ctrl-C (the message
+        says how to continue).
     """
     from tqdm.auto import tqdm
 
-    check_names(cfg)
+    check_config(cfg)
     if cfg.output is None:
         cfg.output = str(Path("runs") / cfg.suite / time.strftime("%Y%m%d-%H%M%S"))
     out = Path(cfg.output)
@@ -329,54 +456,85 @@ def run_benchmark(
         )
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    start = time.perf_counter()
+    scenarios = _build_scenarios(cfg)
+    environment = _env_info(cfg.device)  # at the start: the commit that ran, not a later one
+    provenance = _provenance(out, resume, command, environment)
     write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
-    start = time.perf_counter()
-    environment = _env_info(cfg.device)  # at the start: the commit that ran, not a later one
-    scenarios = {
-        seed: get_stream(cfg.stream.name, data_root=cfg.data_root, seed=seed, **cfg.stream.args)
-        for seed in cfg.seeds
-    }
     n_sessions = next(iter(scenarios.values())).n_sessions
     bar = tqdm(total=len(cfg.seeds) * len(cfg.strategies) * n_sessions, disable=not progress,
                desc=cfg.suite, unit="session", file=sys.stderr, dynamic_ncols=True)
 
-    def on_session(strategy: str, seed: int, s: int, info: dict) -> None:
-        bar.set_postfix_str(f"{strategy} seed{seed} S{s} acc={100 * info['acc']:.1f}%")
+    def on_session(strategy: str, seed: int, s: int, acc: float) -> None:
+        bar.set_postfix_str(f"{strategy} seed{seed} S{s} acc={100 * acc:.1f}%")
         bar.update(1)
 
+    suite = _Suite(cfg, out, provenance["suite_id"], on_session)
     runs = []
-    for seed, scenario in scenarios.items():
-        for name in cfg.strategies:
-            run = _Run(cfg, out, scenario, name, seed, on_session)
-            if run.result_path.exists():
-                with open(run.result_path, encoding="utf-8") as f:
-                    runs.append(json.load(f))
-                bar.update(n_sessions)
-                continue
-            if run.ckpt_path.exists():
-                bar.update(load_torch(run.ckpt_path)["session"] + 1)
-            runs.append(run.run())
+    try:
+        for seed, scenario in scenarios.items():
+            for name in cfg.strategies:
+                result_path = out / "runs" / name / f"seed{seed}.json"
+                if result_path.exists():
+                    with open(result_path, encoding="utf-8") as f:
+                        runs.append(json.load(f))
+                    bar.update(n_sessions)
+                    continue
+                suite.position = (name, seed, -1)
+                run = _Run(suite, scenario, name, seed)
+                if run.ckpt_path.exists():
+                    bar.update(load_torch(run.ckpt_path)["session"] + 1)
+                runs.append(run.run())
+    except KeyboardInterrupt:
+        bar.close()
+        name, seed, s = suite.position or ("?", -1, -1)
+        done = f"after session {s} (checkpointed)" if s >= 0 else "before its first session finished"
+        raise RunInterrupted(
+            f"interrupted: {name}/seed{seed} stopped {done}; finished runs are kept in {out}; "
+            f"continue with: avalanche-fscl run --resume {out}"
+        ) from None
     bar.close()
-
-    results = _results(cfg, command, environment, next(iter(scenarios.values())).describe(), runs,
-                       wall_time=time.perf_counter() - start)
+    _record_invocation(out, provenance, time.perf_counter() - start)
+    results = _results(cfg, provenance, next(iter(scenarios.values())).describe(), runs)
     md = write_report(out, results)
     if cfg.wandb.mode != "off":
-        _log_suite_to_wandb(cfg, out, results)
+        _log_suite_to_wandb(suite, results)
     log(md)
     return results
 
 
-def _results(cfg: RunConfig, command: str | None, environment: dict, scenario: str,
-             runs: list[dict], wall_time: float, missing: list[str] | None = None) -> dict[str, Any]:
+def _provenance(out: Path, resume: bool, command: str | None, environment: dict) -> dict[str, Any]:
+    """``run.json``: the suite id (W&B run ids derive from it) and one entry per invocation."""
+    path = out / "run.json"
+    if resume and path.exists():
+        with open(path, encoding="utf-8") as f:
+            prov = json.load(f)
+    else:
+        prov = {"suite_id": secrets.token_hex(8), "invocations": []}
+    prov["invocations"].append({"command": command, "environment": environment,
+                                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_time_s": None})
+    write_json(path, prov)
+    return prov
+
+
+def _record_invocation(out: Path, prov: dict[str, Any], wall_time: float) -> None:
+    prov["invocations"][-1]["wall_time_s"] = wall_time
+    write_json(out / "run.json", prov)
+
+
+def _results(cfg: RunConfig, prov: dict[str, Any], scenario: str, runs: list[dict],
+             missing: list[str] | None = None) -> dict[str, Any]:
+    first = prov["invocations"][0] if prov.get("invocations") else {"command": None, "environment": {}}
+    times = [i["wall_time_s"] for i in prov.get("invocations", []) if i.get("wall_time_s") is not None]
     return {
         "suite": cfg.suite,
-        "command": command,
+        "command": first["command"],
+        "environment": first["environment"],
+        "invocations": prov.get("invocations", []),
         "config": config_to_dict(cfg),
-        "environment": environment,
         "scenario": scenario,
-        "wall_time_s": wall_time,
+        "wall_time_s": sum(times) if times else None,
         "wall_time_s_all_sessions": sum(r["wall_time_s"] for r in runs),
         "incomplete": missing or [],
         "runs": runs,
@@ -384,14 +542,14 @@ def _results(cfg: RunConfig, command: str | None, environment: dict, scenario: s
     }
 
 
-def report_benchmark(output: str | os.PathLike, *, command: str | None = None,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+def report_benchmark(output: str | os.PathLike, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write the report of the finished (strategy, seed) runs in ``output``.
 
     For a run that is still going or was stopped: the report covers what finished and
-    lists the missing pairs under ``incomplete``; ``--resume`` completes it later.
+    lists the missing pairs under ``incomplete``; ``--resume`` completes it later. The
+    run's own provenance (command, environment, wall time) is kept.
     """
-    cfg = resume_config(output)
+    cfg = resume_config(output, what="report")
     out = Path(output)
     runs, missing = [], []
     for seed in cfg.seeds:
@@ -403,21 +561,34 @@ def report_benchmark(output: str | os.PathLike, *, command: str | None = None,
             else:
                 missing.append(f"{name}/seed{seed}")
     if not runs:
-        raise BenchmarkError(f"{out}: no finished (strategy, seed) run to report")
-    scenario = get_stream(cfg.stream.name, data_root=cfg.data_root, seed=cfg.seeds[0], **cfg.stream.args)
-    results = _results(cfg, command, _env_info(cfg.device), scenario.describe(), runs,
-                       wall_time=sum(r["wall_time_s"] for r in runs), missing=missing)
+        raise BenchmarkError(f"report {out}: no finished (strategy, seed) run to report yet")
+    prov_path = out / "run.json"
+    if prov_path.exists():
+        with open(prov_path, encoding="utf-8") as f:
+            prov = json.load(f)
+    else:  # folders from before run.json: keep the provenance of the earlier report
+        old = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+        prov = {"invocations": [{"command": old.get("command"), "environment": old.get("environment") or _env_info(cfg.device),
+                                 "wall_time_s": old.get("wall_time_s")}]}
+    scenario = _build_scenarios(dataclasses.replace(cfg, seeds=cfg.seeds[:1]))[cfg.seeds[0]]
+    results = _results(cfg, prov, scenario.describe(), runs, missing=missing)
     log(write_report(out, results))
     return results
 
 
-def _log_suite_to_wandb(cfg: RunConfig, out: Path, results: dict[str, Any]) -> None:
-    from .wandb_logger import WandbRunLogger
+def _log_suite_to_wandb(suite: _Suite, results: dict[str, Any]) -> None:
+    """One ``<stream>/summary`` run per suite: the comparison table (separate mean and std
+    columns) and the per-session plot."""
+    from .wandb_logger import WandbRunLogger, set_aside_offline_runs
 
+    cfg, out = suite.cfg, suite.out
+    run_id = suite.wandb_id("summary")
+    set_aside_offline_runs(out / "wandb", run_id, out / "wandb-setaside")
     wb = WandbRunLogger(mode=cfg.wandb.mode, project=cfg.wandb.project, group=cfg.suite,
                         name=f"{cfg.stream.name}/summary", config=results["config"], dir=out,
-                        tags=cfg.wandb.tags, entity=cfg.wandb.entity)
-    columns = results["summary"]["columns"]
-    wb.log_results_table(columns, results["summary"]["rows"])
+                        tags=cfg.wandb.tags, entity=cfg.wandb.entity, run_id=run_id,
+                        resume=cfg.wandb.mode == "online")
+    columns, rows = flat_table(results["summary"])
+    wb.log_results_table(columns, rows)
     wb.log_image("sessions", out / "sessions.png")
     wb.finish()

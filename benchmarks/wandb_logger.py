@@ -55,7 +55,14 @@ if TYPE_CHECKING:
     from avalanche.evaluation.metric_results import MetricValue
     from avalanche.training.templates import SupervisedTemplate
 
-__all__ = ["WandbRunLogger", "MODES", "STEP_METRIC", "read_offline_run", "iter_offline_records"]
+__all__ = [
+    "WandbRunLogger",
+    "MODES",
+    "STEP_METRIC",
+    "read_offline_run",
+    "iter_offline_records",
+    "set_aside_offline_runs",
+]
 
 #: Allowed values of ``WandbRunLogger(mode=...)``.
 MODES: tuple[str, ...] = ("off", "offline", "online")
@@ -441,6 +448,18 @@ class WandbRunLogger(BaseLogger):
         self.flush()
 
     # ---------------------------------------------------------- runner helpers
+    def log_session(self, session: int, values: Mapping[str, Any]) -> None:
+        """Log one session's row: ``values`` (numbers; NaN/inf skipped) at step ``session``.
+
+        The benchmark runner logs every session through this, live and when it re-logs the
+        checkpointed sessions of a resumed run, so both write identical rows.
+        """
+        if self.mode == "off" or self._finished:
+            return
+        row = {k: n for k, n in ((k, _scalar(v)) for k, v in values.items()) if n is not None}
+        self._buffer(int(session), row)
+        self.flush()
+
     def log_results_table(
         self, columns: Sequence[str], rows: Sequence[Sequence[Any]], key: str = "results_table"
     ) -> None:
@@ -577,6 +596,33 @@ def iter_offline_records(path: str | os.PathLike) -> Iterator[Any]:
             record.ParseFromString(buf)
             buf = b""
             yield record
+
+
+def set_aside_offline_runs(wandb_dir: str | os.PathLike, run_id: str, dest: str | os.PathLike) -> list[Path]:
+    """Move every offline run folder of ``run_id`` out of ``wandb_dir`` into ``dest``.
+
+    A run killed mid-way leaves ``wandb/offline-run-*-<id>/`` with a file wandb may not have
+    flushed (often only its header): ``wandb sync`` of the output folder then uploads
+    nothing, for any run. The runner sets such folders aside before it re-logs the run
+    from its checkpoint, so ``wandb/`` only ever holds complete runs. The ``.wandb`` files
+    are renamed ``*.wandb.killed`` so no wandb tool picks them up. Returns the new paths.
+    """
+    wandb_dir, dest = Path(wandb_dir), Path(dest)
+    moved = []
+    for folder in sorted(wandb_dir.glob(f"offline-run-*-{run_id}")):
+        target = dest / folder.name
+        n = 1
+        while target.exists():
+            target, n = dest / f"{folder.name}.{n}", n + 1
+        dest.mkdir(parents=True, exist_ok=True)
+        folder.rename(target)
+        for f in target.glob("*.wandb"):
+            f.rename(f.with_name(f.name + ".killed"))
+        moved.append(target)
+    latest = wandb_dir / "latest-run"
+    if moved and latest.is_symlink() and not latest.exists():
+        latest.unlink()
+    return moved
 
 
 def _has_exit_record(path: Path) -> bool:

@@ -1,18 +1,20 @@
-"""Backbones and classifiers trained from scratch (no pretrained weights are downloaded)."""
+"""Backbones and classifiers trained from scratch (no pretrained weights are downloaded).
 
-from .backbones import BACKBONES, create_backbone, default_backbone_for, list_backbones
-from .classifier import MASK_VALUE, FSCILNet
-from .conv4 import Conv4
-from .resnet import ResNet12, ResNet18
+Names load on first use: the backbone registry needs no Avalanche import.
+"""
 
-__all__ = [
-    "BACKBONES",
-    "Conv4",
-    "FSCILNet",
-    "MASK_VALUE",
-    "ResNet12",
-    "ResNet18",
-    "create_backbone",
-    "default_backbone_for",
-    "list_backbones",
-]
+from .. import _lazy_exports
+
+_EXPORTS = {
+    "BACKBONES": ".backbones",
+    "create_backbone": ".backbones",
+    "default_backbone_for": ".backbones",
+    "list_backbones": ".backbones",
+    "FSCILNet": ".classifier",
+    "MASK_VALUE": ".classifier",
+    "Conv4": ".conv4",
+    "ResNet12": ".resnet",
+    "ResNet18": ".resnet",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

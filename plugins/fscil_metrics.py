@@ -9,8 +9,10 @@ fractions in ``[0, 1]``:
 * ``base_acc`` / ``novel_acc``: mean per-class accuracy over the base classes / over the
   novel classes seen so far (``novel_acc`` is absent in session 0);
 * ``hm``: harmonic mean ``2*B*N/(B+N)`` of the two, from session 1 on (0 if ``B+N == 0``);
-* ``AA``: mean of the session accuracies so far; ``PD``: first-session accuracy minus
-  the latest (a difference of fractions);
+* ``AA``: mean of the session accuracies so far; ``PD``: accuracy after session 0 minus
+  accuracy after the latest session, both on all classes seen (a difference of
+  fractions). Both use complete evaluations only (every test experience ``0..s``
+  counted): a partial re-evaluation never changes them;
 * ``acc_exp/ExpJJJ``: accuracy on test experience ``j`` (the classes of session ``j``);
 * ``table``: an :class:`FSCILTable` with every session row and the accuracy matrix.
 
@@ -76,6 +78,8 @@ class FSCILSessionRow:
         novel: mean per-class accuracy over the novel classes seen so far (NaN if none).
         hm: harmonic mean of ``base`` and ``novel`` (NaN in session 0 or if either is NaN).
         n_samples: number of test samples counted.
+        complete: every test experience ``0..session`` was evaluated (rows that are not
+            complete count toward neither AA nor PD).
     """
 
     session: int
@@ -84,6 +88,7 @@ class FSCILSessionRow:
     novel: float
     hm: float
     n_samples: int = 0
+    complete: bool = True
 
 
 @dataclass
@@ -105,15 +110,17 @@ class FSCILTable:
 
     @property
     def aa(self) -> float:
-        """Average accuracy: mean of the session accuracies (fraction; NaN if empty)."""
-        return _mean([r.acc for r in self.sessions])
+        """Average accuracy: mean of the complete sessions' accuracies (fraction; NaN if none)."""
+        return _mean([r.acc for r in self.sessions if r.complete])
 
     @property
     def pd(self) -> float:
-        """Performance dropping rate: first-session accuracy minus the latest (fraction)."""
-        if not self.sessions:
+        """Performance dropping rate: accuracy after session 0 minus accuracy after the latest
+        complete session, both on all classes seen (fraction; NaN without a complete session 0)."""
+        complete = [r for r in self.sessions if r.complete]
+        if not complete or complete[0].session != 0:
             return NAN
-        return self.sessions[0].acc - self.sessions[-1].acc
+        return complete[0].acc - complete[-1].acc
 
     def to_markdown(self, include_matrix: bool = False) -> str:
         """Markdown table, one column per session, accuracies in %.
@@ -153,6 +160,7 @@ class FSCILTable:
                     "novel": _json_float(r.novel),
                     "hm": _json_float(r.hm),
                     "n_samples": r.n_samples,
+                    "complete": r.complete,
                 }
                 for r in self.sessions
             ],
@@ -173,6 +181,7 @@ class FSCILTable:
                 novel=_from_json_float(r["novel"]),
                 hm=_from_json_float(r["hm"]),
                 n_samples=int(r.get("n_samples", 0)),
+                complete=bool(r.get("complete", True)),
             )
             for r in d.get("sessions", [])
         ]
@@ -198,6 +207,23 @@ class _SessionRecord:
     exp_counts: dict[int, tuple[int, int]]  # test experience -> (correct, total)
     base_classes: list[int] | None
 
+    @property
+    def complete(self) -> bool:
+        """Every test experience ``0..session`` was counted."""
+        return set(range(self.session + 1)) <= set(self.exp_counts)
+
+    def merge(self, newer: "_SessionRecord") -> None:
+        """Fold in a partial evaluation of the same session.
+
+        Matrix cells (per-experience counts) always take the newer values. A complete
+        record keeps its session-level counts; a partial one takes the newer counts per
+        class, so evaluating the experiences one by one adds up to a complete row.
+        """
+        if not self.complete:
+            self.class_counts.update(newer.class_counts)
+        self.exp_counts.update(newer.exp_counts)
+        self.base_classes = newer.base_classes
+
     def row(self) -> FSCILSessionRow:
         correct = sum(c for c, _ in self.class_counts.values())
         total = sum(t for _, t in self.class_counts.values())
@@ -210,7 +236,7 @@ class _SessionRecord:
             novel = _mean([a for k, a in per_class.items() if k not in base_set])
             if self.session >= 1 and not (_isnan(base) or _isnan(novel)):
                 hm = 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
-        return FSCILSessionRow(self.session, acc, base, novel, hm, total)
+        return FSCILSessionRow(self.session, acc, base, novel, hm, total, self.complete)
 
     def exp_acc(self) -> dict[int, float]:
         return {j: c / t for j, (c, t) in sorted(self.exp_counts.items()) if t > 0}
@@ -274,14 +300,23 @@ class FSCILMetric(PluginMetric["FSCILTable"]):
     Each ``strategy.eval(...)`` call is one evaluation of session
     ``s = strategy.clock.train_exp_counter - 1`` (the number of trained experiences minus
     one; inside ``train()``, e.g. periodic eval, it is the experience being trained). With
-    no training yet nothing is emitted. Re-evaluating a session replaces its row. Only test
-    experiences with ``current_experience <= s`` are counted: experiences of future
-    sessions (classes not trained yet) are ignored. An eval call that counts no sample
-    emits nothing and leaves the table unchanged.
+    no training yet nothing is emitted. Only test experiences with
+    ``current_experience <= s`` are counted: experiences of future sessions (classes not
+    trained yet) are ignored. An eval call that counts no sample emits nothing and leaves
+    the table unchanged.
+
+    An evaluation is *complete* when it counts every test experience ``0..s`` (all classes
+    seen). A complete evaluation replaces the session's row. A partial one (e.g.
+    ``eval(test_stream[s])`` alone) updates the accuracy matrix cells it covers; it only
+    fills the row's values while the session has no complete evaluation (partial
+    evaluations of the same session add up, class by class), and AA and PD count complete
+    rows only, so a partial re-evaluation changes neither.
 
     Values are emitted at ``after_eval`` with ``x_plot = s`` under ``{prefix}/``:
     ``session_acc``, ``base_acc``, ``novel_acc`` (not in session 0), ``hm`` (from session
-    1), ``AA``, ``PD``, ``acc_exp/Exp{j:03d}`` and ``table`` (an :class:`FSCILTable`).
+    1), ``AA``, ``PD``, ``acc_exp/Exp{j:03d}`` and ``table`` (an :class:`FSCILTable`); a
+    partial re-evaluation of a session with a complete row emits only its
+    ``acc_exp/...`` values and the table.
     All accuracies are fractions in ``[0, 1]``; NaN values are not emitted.
 
     Args:
@@ -421,13 +456,19 @@ class FSCILMetric(PluginMetric["FSCILTable"]):
         if self.base_classes is None and 0 in acc.exp_classes:
             self._found_base = sorted(acc.exp_classes[0])
         s = acc.session
-        self._records[s] = _SessionRecord(
+        record = _SessionRecord(
             session=s,
             class_counts=acc.class_counts(),
             exp_counts={j: (c, t) for j, (c, t) in acc.exp_counts.items()},
             base_classes=self._base(),
         )
-        return self._metric_values(s)
+        old = self._records.get(s)
+        if record.complete or old is None:
+            self._records[s] = record
+            return self._metric_values(s)
+        had_row = old.complete
+        old.merge(record)
+        return self._metric_values(s, only_exps=sorted(record.exp_counts) if had_row else None)
 
     # ------------------------------------------------------------------ helpers
     def _base(self) -> list[int] | None:
@@ -441,7 +482,8 @@ class FSCILMetric(PluginMetric["FSCILTable"]):
             return counter
         return counter - 1
 
-    def _metric_values(self, session: int) -> list[MetricValue]:
+    def _metric_values(self, session: int, only_exps: list[int] | None = None) -> list[MetricValue]:
+        """The values to emit; ``only_exps``: just these experiences' accuracies and the table."""
         table = self.table(upto=session)
         row = next(r for r in table.sessions if r.session == session)
         p = self.prefix
@@ -456,10 +498,11 @@ class FSCILMetric(PluginMetric["FSCILTable"]):
         out = [
             MetricValue(self, f"{p}/{name}", float(v), session)
             for name, v in scalars
-            if not _isnan(v)
+            if not _isnan(v) and only_exps is None
         ]
         for j, a in self._records[session].exp_acc().items():
-            out.append(MetricValue(self, f"{p}/acc_exp/Exp{j:03d}", float(a), session))
+            if only_exps is None or j in only_exps:
+                out.append(MetricValue(self, f"{p}/acc_exp/Exp{j:03d}", float(a), session))
         out.append(MetricValue(self, f"{p}/table", table, session))
         return out
 

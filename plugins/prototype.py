@@ -10,6 +10,7 @@ from avalanche.core import SupervisedPlugin
 from torch import nn
 
 from ._features import class_mean_features
+from ._session import training_session
 
 __all__ = ["PrototypeClassifierPlugin"]
 
@@ -29,10 +30,13 @@ class PrototypeClassifierPlugin(SupervisedPlugin):
     * after the base session (``experience.current_experience == 0``) the backbone is
       frozen (``requires_grad_(False)``) and kept in eval mode during every later training
       experience, so its weights and BatchNorm statistics never change again;
-    * in sessions >= 1 nothing is trained by gradient: ``strategy.train_epochs`` is set to 0
-      in ``before_training_exp`` and restored in ``after_training_exp`` (Avalanche's loop
-      runs ``range(train_epochs)`` epochs and still calls ``after_training_exp``). The
-      dataloader and optimizer set-up of those sessions still run (cheap).
+    * in sessions >= 1 nothing is trained by gradient. An
+      :class:`~avalanche_fscl.strategies.FSCILStrategy` decides every session's epochs with
+      its schedule, which must then say ``novel_epochs=0`` (the registered ``prototype``
+      strategy does; another schedule is a ``ValueError`` before training starts). On any
+      other Avalanche strategy (``Naive``, ...) the plugin sets ``strategy.train_epochs``
+      to 0 in ``before_training_exp`` and restores it in ``after_training_exp`` (Avalanche's
+      loop runs ``range(train_epochs)`` epochs and still calls ``after_training_exp``).
 
     Base-class rows are never touched after the base session, so base-class logits do not
     change; base accuracy can only drop because novel classes compete with them.
@@ -62,11 +66,18 @@ class PrototypeClassifierPlugin(SupervisedPlugin):
     # ------------------------------------------------------------------ callbacks
     def before_training(self, strategy, *args, **kwargs):
         self._check_model(strategy.model)
+        schedule = getattr(strategy, "schedule", None)
+        if getattr(schedule, "novel_epochs", 0) != 0:
+            raise ValueError(
+                f"PrototypeClassifierPlugin trains nothing after the base session, but the strategy's "
+                f"schedule has novel_epochs={schedule.novel_epochs}; use a SessionSchedule with "
+                f"novel_epochs=0 (create_strategy('prototype', ...) does)"
+            )
         self._apply_freeze(strategy.model)
 
     def before_training_exp(self, strategy, *args, **kwargs):
         self._apply_freeze(strategy.model)
-        if _session(strategy) > 0:
+        if training_session(strategy) > 0 and getattr(strategy, "schedule", None) is None:
             if self._saved_train_epochs is None:
                 self._saved_train_epochs = strategy.train_epochs
             strategy.train_epochs = 0
@@ -82,7 +93,7 @@ class PrototypeClassifierPlugin(SupervisedPlugin):
     def after_training_exp(self, strategy, *args, **kwargs):
         exp = strategy.experience
         model = strategy.model
-        session = _session(strategy)
+        session = training_session(strategy)
         if session > 0 or self.replace_base:
             classes = sorted(int(c) for c in exp.classes_in_this_experience)
             means = class_mean_features(
@@ -137,7 +148,3 @@ class PrototypeClassifierPlugin(SupervisedPlugin):
         self.backbone_frozen = bool(state["backbone_frozen"])
         saved = state.get("saved_train_epochs")
         self._saved_train_epochs = None if saved is None else int(saved)
-
-
-def _session(strategy) -> int:
-    return int(getattr(strategy.experience, "current_experience", 0) or 0)

@@ -11,6 +11,7 @@ from avalanche.benchmarks.utils.classification_dataset import (
 from avalanche.core import SupervisedPlugin
 from torch import Tensor
 from ..streams.data import TensorImageDataset
+from ._session import training_session
 
 __all__ = ["ClassBalancedReplayPlugin"]
 
@@ -81,7 +82,7 @@ class ClassBalancedReplayPlugin(SupervisedPlugin):
 
     def after_training_exp(self, strategy, *args, **kwargs):
         exp = strategy.experience
-        self.store(exp.dataset, exp.classes_in_this_experience, int(exp.current_experience))
+        self.store(exp.dataset, exp.classes_in_this_experience, training_session(strategy))
 
     def store(self, dataset, classes, exp_id: int) -> None:
         """Add ``min(mem_per_class, n_c)`` samples of each class of ``classes`` from ``dataset``.

@@ -1,29 +1,47 @@
-"""Ready-made strategies: a session-aware Avalanche template and registered baselines.
+"""Ready-made strategies: a session-aware Avalanche template, the strategy contract and the
+registered baselines.
 
-``create_strategy(name, model=..., optimizer=...)`` builds any registered strategy;
+``create_strategy(name, StrategyContext(scenario))`` builds any registered strategy;
 ``list_strategies()`` names them. Baselines: ``finetune``, ``ewc``, ``lwf``, ``replay``,
-``ncm`` (iCaRL-style NCM with replay), ``joint`` (upper bound) and ``prototype``.
+``ncm`` (iCaRL-style NCM with replay), ``joint`` (upper bound) and ``prototype``. A new
+method subclasses :class:`StrategySpec` and registers it with :func:`register_strategy`
+(the contract: :mod:`avalanche_fscl.strategies.spec`).
 """
 
 from . import baselines as _baselines  # noqa: F401  (registers the baselines)
 from .registry import (
     STRATEGIES,
-    StrategyEntry,
     create_strategy,
+    get_strategy,
     list_strategies,
+    make_spec,
     register_strategy,
-    strategy_plugins,
 )
-from .template import FSCILStrategy, NovelEpochsPlugin, SessionSchedule
+from .spec import (
+    COLUMNS,
+    EvalColumn,
+    StrategyContext,
+    StrategySpec,
+    create_column,
+    register_column,
+    require_state_dicts,
+)
+from .template import FSCILStrategy, SessionSchedule
 
 __all__ = [
     "FSCILStrategy",
     "SessionSchedule",
-    "NovelEpochsPlugin",
-    "StrategyEntry",
+    "StrategySpec",
+    "StrategyContext",
+    "EvalColumn",
     "STRATEGIES",
+    "COLUMNS",
     "create_strategy",
+    "get_strategy",
     "list_strategies",
+    "make_spec",
     "register_strategy",
-    "strategy_plugins",
+    "register_column",
+    "create_column",
+    "require_state_dicts",
 ]

@@ -1,132 +1,141 @@
-"""Strategies by name: each entry turns keyword hyper-parameters into Avalanche plugins.
+"""Strategies by name: the runner, ``avalanche-fscl list`` and Python users share this registry.
 
-The benchmark runner and Python users share this registry::
+A registered strategy is a :class:`~avalanche_fscl.strategies.StrategySpec` subclass (the
+contract, with what a strategy may supply and what the runner does with it, is in
+:mod:`avalanche_fscl.strategies.spec`). A method adds itself with one entry::
 
-    from avalanche_fscl.strategies import create_strategy
-    strategy = create_strategy("ewc", model=model, optimizer=opt, strategy_args={"ewc_lambda": 100})
+    @register_strategy("fscl")
+    class FSCL(StrategySpec):
+        \"\"\"Fast/slow weights with two-step consolidation.\"\"\"
+        ...
 
-A method issue adds its strategy with ``@register_strategy("name")`` and the runner and
-``avalanche-fscl list`` pick it up.
+and ``avalanche-fscl run --strategy fscl`` and ``avalanche-fscl list`` pick it up without any
+change to the runner. From Python::
+
+    from avalanche_fscl.strategies import StrategyContext, create_strategy
+    strategy = create_strategy("ewc", StrategyContext(scenario), strategy_args={"ewc_lambda": 1.0})
 """
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import torch
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
+from .. import _register
+from .spec import StrategyContext, StrategySpec
 from .template import FSCILStrategy, SessionSchedule
 
 __all__ = [
-    "StrategyEntry",
     "STRATEGIES",
     "register_strategy",
     "list_strategies",
-    "strategy_plugins",
+    "get_strategy",
+    "make_spec",
     "create_strategy",
 ]
 
-PluginFactory = Callable[..., list[SupervisedPlugin]]
+S = TypeVar("S", bound=type[StrategySpec])
+STRATEGIES: dict[str, type[StrategySpec]] = {}
 
 
-@dataclass(frozen=True)
-class StrategyEntry:
-    """A registered strategy.
+def register_strategy(name: str) -> Callable[[S], S]:
+    """Class decorator: register a :class:`StrategySpec` subclass under ``name``.
 
-    Attributes:
-        name: registry name.
-        factory: keyword hyper-parameters -> the strategy's plugins.
-        summary: one line for ``avalanche-fscl list``.
-        cumulative: trains each session on all data seen so far (``joint``).
-        base_training: strategies with equal values train the base session identically
-            and share one cached base-session checkpoint.
+    Its docstring's first line becomes the summary shown by ``avalanche-fscl list``.
     """
 
-    name: str
-    factory: PluginFactory
-    summary: str
-    cumulative: bool = False
-    base_training: str = "standard"
-
-    def hyperparameters(self) -> dict[str, Any]:
-        """``{argument: default}`` of the factory."""
-        return {
-            n: p.default for n, p in inspect.signature(self.factory).parameters.items()
-        }
-
-
-STRATEGIES: dict[str, StrategyEntry] = {}
-
-
-def register_strategy(
-    name: str, *, cumulative: bool = False, base_training: str = "standard"
-) -> Callable[[PluginFactory], PluginFactory]:
-    """Decorator: register a plugin factory under ``name``; its docstring's first line is the summary."""
-
-    def deco(factory: PluginFactory) -> PluginFactory:
-        if name in STRATEGIES:
-            raise ValueError(f"strategy {name!r} is already registered")
-        summary = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else name
-        STRATEGIES[name] = StrategyEntry(name, factory, summary, cumulative, base_training)
-        return factory
+    def deco(cls: S) -> S:
+        if not (isinstance(cls, type) and issubclass(cls, StrategySpec)):
+            raise TypeError(f"register_strategy({name!r}) decorates a StrategySpec subclass, got {cls!r}")
+        _register(STRATEGIES, "strategy", name)(cls)
+        cls.name = name
+        cls.summary = (cls.__doc__ or name).strip().splitlines()[0]
+        return cls
 
     return deco
 
 
 def list_strategies() -> dict[str, str]:
     """``{name: summary}`` of every registered strategy."""
-    return {n: e.summary for n, e in sorted(STRATEGIES.items())}
+    return {n: c.summary for n, c in sorted(STRATEGIES.items())}
 
 
-def get_entry(name: str) -> StrategyEntry:
+def get_strategy(name: str) -> type[StrategySpec]:
+    """The registered class ``name``; unknown names list the allowed ones."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; allowed: {', '.join(sorted(STRATEGIES))}")
     return STRATEGIES[name]
 
 
-def strategy_plugins(name: str, **strategy_args: Any) -> list[SupervisedPlugin]:
-    """The plugins of strategy ``name``; unknown hyper-parameters raise ``ValueError``."""
-    entry = get_entry(name)
-    allowed = entry.hyperparameters()
-    unknown = sorted(set(strategy_args) - set(allowed))
+def make_spec(name: str, strategy_args: Mapping[str, Any] | None = None, *, seed: int | None = None) -> StrategySpec:
+    """Strategy ``name`` with its hyper-parameters; ``seed`` fills a ``seed`` argument not given.
+
+    Raises:
+        ValueError: unknown strategy or hyper-parameter (the message lists the allowed ones),
+            or a value the strategy rejects.
+    """
+    cls = get_strategy(name)
+    args = dict(strategy_args or {})
+    allowed = cls.hyperparameters()
+    unknown = sorted(set(args) - set(allowed))
     if unknown:
         raise ValueError(
-            f"strategy {name!r} has no hyper-parameter {', '.join(unknown)}; "
+            f"strategy_args.{name}.{unknown[0]}: unknown hyper-parameter; "
             f"allowed: {', '.join(allowed) or '(none)'}"
         )
-    return entry.factory(**strategy_args)
+    if seed is not None and "seed" in allowed:
+        args.setdefault("seed", seed)
+    spec = cls(**args)
+    spec.hparams = {**allowed, **args}
+    return spec
 
 
 def create_strategy(
-    name: str,
+    name: str | StrategySpec,
+    context: StrategyContext,
     *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
     schedule: SessionSchedule | None = None,
     strategy_args: Mapping[str, Any] | None = None,
     plugins: Sequence[SupervisedPlugin] = (),
+    spec_plugins: Sequence[SupervisedPlugin] | None = None,
     **template_kwargs: Any,
 ) -> FSCILStrategy:
-    """An :class:`FSCILStrategy` running strategy ``name``.
+    """An :class:`FSCILStrategy` running strategy ``name`` (or a ready :class:`StrategySpec`).
 
     Args:
-        name: a registered strategy (see :func:`list_strategies`).
-        model, optimizer, schedule: as for :class:`FSCILStrategy`.
-        strategy_args: the strategy's hyper-parameters (e.g. ``{"ewc_lambda": 100}``).
+        name: a registered strategy (see :func:`list_strategies`) or a spec object.
+        context: the scenario, config (``config.train``: optimizer settings and schedule;
+            ``config.model``: the default network), seed and device the strategy reads.
+        model: the network; default: the strategy's :meth:`~StrategySpec.build_model`.
+        optimizer: default: the strategy's :meth:`~StrategySpec.make_optimizer`.
+        schedule: the run's schedule (default: from ``context.config.train``); the
+            strategy adapts it
+            (:meth:`~StrategySpec.schedule`).
+        strategy_args: hyper-parameters (e.g. ``{"ewc_lambda": 100}``).
         plugins: extra plugins, run before the strategy's own.
+        spec_plugins: the strategy's own plugins if already built (the runner keeps them to
+            checkpoint their state); default: ``spec.plugins(context)``.
         template_kwargs: ``train_mb_size``, ``eval_mb_size``, ``device``, ``evaluator``, ...
     """
-    entry = get_entry(name)
-    own = strategy_plugins(name, **dict(strategy_args or {}))
+    if not isinstance(context, StrategyContext):
+        raise TypeError(f"context must be a StrategyContext(scenario, ...), got {type(context).__name__}")
+    spec = name if isinstance(name, StrategySpec) else make_spec(name, strategy_args, seed=context.seed)
+    if model is None:
+        model = spec.build_model(context)
+    if optimizer is None:
+        optimizer = spec.make_optimizer(model, context)
+    template_kwargs.setdefault("device", context.device)
     return FSCILStrategy(
         model=model,
         optimizer=optimizer,
-        schedule=schedule,
-        plugins=[*plugins, *own],
-        cumulative=entry.cumulative,
+        schedule=spec.schedule(schedule or context.run_schedule()),
+        plugins=[*plugins, *(spec.plugins(context) if spec_plugins is None else spec_plugins)],
+        cumulative=spec.cumulative,
+        balanced=spec.balanced,
         **template_kwargs,
     )

@@ -6,43 +6,37 @@
   ``omniglot_fscil``, ``tiny_imagenet_fscil`` (offline data), ``cifar100_fscil``,
   ``mini_imagenet_fscil``, ``cub200_fscil`` (standard protocols on your own copy).
 - :func:`few_shot_episodes` samples N-way K-shot episodes reproducibly.
+
+Names load on first use: the registry and the presets' signatures need no Avalanche
+import (:func:`check_stream_args` answers in about a second).
 """
 
-from .data import (
-    Compose,
-    RandomCropFlip,
-    TensorImageDataset,
-    ToFloatNormalize,
-    decode_images,
-    resolve_data_root,
-)
-from .episodes import Episode, FewShotEpisodes, few_shot_episodes
-from .external import cifar100_fscil, cub200_fscil, mini_imagenet_fscil
-from .fscil import FSCILScenario, dataset_targets, fscil_benchmark
-from .presets import digits_fscil, omniglot_fscil, tiny_imagenet_fscil
-from .registry import STREAMS, get_stream, list_streams, register_stream
+from .. import _lazy_exports
 
-__all__ = [
-    "FSCILScenario",
-    "fscil_benchmark",
-    "dataset_targets",
-    "few_shot_episodes",
-    "FewShotEpisodes",
-    "Episode",
-    "digits_fscil",
-    "omniglot_fscil",
-    "tiny_imagenet_fscil",
-    "cifar100_fscil",
-    "mini_imagenet_fscil",
-    "cub200_fscil",
-    "get_stream",
-    "list_streams",
-    "register_stream",
-    "STREAMS",
-    "TensorImageDataset",
-    "ToFloatNormalize",
-    "RandomCropFlip",
-    "Compose",
-    "decode_images",
-    "resolve_data_root",
-]
+_EXPORTS = {
+    "FSCILScenario": ".fscil",
+    "fscil_benchmark": ".fscil",
+    "dataset_targets": ".data",
+    "few_shot_episodes": ".episodes",
+    "FewShotEpisodes": ".episodes",
+    "Episode": ".episodes",
+    "digits_fscil": ".presets",
+    "omniglot_fscil": ".presets",
+    "tiny_imagenet_fscil": ".presets",
+    "cifar100_fscil": ".external",
+    "mini_imagenet_fscil": ".external",
+    "cub200_fscil": ".external",
+    "get_stream": ".registry",
+    "list_streams": ".registry",
+    "check_stream_args": ".registry",
+    "register_stream": ".registry",
+    "STREAMS": ".registry",
+    "TensorImageDataset": ".data",
+    "ToFloatNormalize": ".data",
+    "RandomCropFlip": ".data",
+    "Compose": ".data",
+    "decode_images": ".data",
+    "resolve_data_root": ".data",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

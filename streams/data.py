@@ -12,7 +12,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ __all__ = [
     "atomic_path",
     "decode_images",
     "resize_images",
+    "dataset_targets",
 ]
 
 
@@ -172,15 +173,24 @@ def file_fingerprint(paths: Sequence[Path]) -> str:
 _MEMORY_CACHE: dict[str, np.ndarray] = {}
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: restore at once
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
 
-    A killed process never leaves a half-written file under the final name.
+    A killed process never leaves a half-written file under the final name. The file gets
+    the permissions of any file the user creates (``0o666`` minus the umask, e.g. 0644),
+    not ``mkstemp``'s private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
         yield Path(tmp)
@@ -264,3 +274,20 @@ def decode_images(
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         return np.stack(list(pool.map(one, sources, chunksize=256)))
+
+
+def dataset_targets(dataset: Any) -> np.ndarray:
+    """Integer labels of a classification dataset, as an ``int64`` array ``(N,)``.
+
+    Accepts anything with ``.targets`` (torchvision datasets, Avalanche datasets,
+    :class:`~avalanche_fscl.streams.TensorImageDataset`).
+    """
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        raise ValueError(
+            f"dataset of type {type(dataset).__name__} has no `.targets`; wrap it in "
+            "avalanche_fscl.streams.TensorImageDataset or give it a `.targets` list of labels"
+        )
+    if isinstance(targets, torch.Tensor):
+        return targets.detach().cpu().numpy().astype(np.int64)
+    return np.asarray(list(targets), dtype=np.int64)

@@ -8,8 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import TensorImageDataset
-from .fscil import dataset_targets
+from .data import TensorImageDataset, dataset_targets
 
 __all__ = ["Episode", "FewShotEpisodes", "few_shot_episodes"]
 

@@ -14,7 +14,7 @@ import csv
 import os
 import pickle
 from pathlib import Path, PurePosixPath
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,8 +31,10 @@ from .data import (
     require_files,
     resize_images,
 )
-from .fscil import FSCILScenario, fscil_benchmark
 from .registry import register_stream
+
+if TYPE_CHECKING:  # the scenario module imports Avalanche: loaded when a preset runs
+    from .fscil import FSCILScenario
 
 __all__ = ["cifar100_fscil", "mini_imagenet_fscil", "cub200_fscil"]
 
@@ -196,6 +198,8 @@ def _build(
         n = _session_count(len(set(train.targets)), base_classes, ways, sessions)
         # [] when the protocol is invalid: fscil_benchmark reports the protocol error first.
         shot_indices = _read_index_lists(index_list_dir, n, match()) if n is not None else []
+    from .fscil import fscil_benchmark  # Avalanche is imported when a stream is built
+
     return fscil_benchmark(
         train, test, base_classes=base_classes, ways=ways, shots=shots, sessions=sessions,
         seed=seed, shot_indices=shot_indices, class_names=list(class_names),

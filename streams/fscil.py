@@ -14,6 +14,8 @@ from avalanche.benchmarks.utils.classification_dataset import (
 )
 from torch.utils.data import Dataset
 
+from .data import dataset_targets
+
 __all__ = ["FSCILScenario", "fscil_benchmark", "dataset_targets"]
 
 
@@ -87,23 +89,6 @@ class FSCILScenario(CLScenario):
             f"{self.n_sessions - 1} sessions of {self.ways}-way {self.shots}-shot; "
             f"train samples per session {n_train}; test samples per session {n_test}"
         )
-
-
-def dataset_targets(dataset: Any) -> np.ndarray:
-    """Integer labels of a classification dataset, as an ``int64`` array ``(N,)``.
-
-    Accepts anything with ``.targets`` (torchvision datasets, Avalanche datasets,
-    :class:`~avalanche_fscl.streams.TensorImageDataset`).
-    """
-    targets = getattr(dataset, "targets", None)
-    if targets is None:
-        raise ValueError(
-            f"dataset of type {type(dataset).__name__} has no `.targets`; wrap it in "
-            "avalanche_fscl.streams.TensorImageDataset or give it a `.targets` list of labels"
-        )
-    if isinstance(targets, torch.Tensor):
-        return targets.detach().cpu().numpy().astype(np.int64)
-    return np.asarray(list(targets), dtype=np.int64)
 
 
 def _check_positive(name: str, value: int | None, minimum: int = 1) -> None:

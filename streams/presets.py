@@ -13,6 +13,7 @@ import os
 import re
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,8 +31,10 @@ from .data import (
     require_files,
     resize_images,
 )
-from .fscil import FSCILScenario, fscil_benchmark
 from .registry import register_stream
+
+if TYPE_CHECKING:  # the scenario module imports Avalanche: loaded when a preset runs
+    from .fscil import FSCILScenario
 
 __all__ = ["omniglot_fscil", "tiny_imagenet_fscil", "digits_fscil"]
 
@@ -174,6 +177,8 @@ def omniglot_fscil(
     test = TensorImageDataset(torch.from_numpy(chars[:, 15:].reshape(-1, 1, image_size, image_size)), labels[1])
     class_names = names[:base_classes] + names[len(bg) : len(bg) + n_novel]
     tf = ToFloatNormalize([0.0], [1.0])
+    from .fscil import fscil_benchmark  # Avalanche is imported when a stream is built
+
     return fscil_benchmark(
         train, test, base_classes=base_classes, ways=ways, shots=shots, sessions=sessions,
         seed=seed, class_names=class_names, eval_transform=tf,
@@ -247,6 +252,8 @@ def tiny_imagenet_fscil(
     test = TensorImageDataset(resize_images(xte[keep_te], image_size), yte[keep_te])
     norm = ToFloatNormalize(TINY_IMAGENET_MEAN, TINY_IMAGENET_STD)
     train_tf = Compose(RandomCropFlip(padding=image_size // 8), norm) if augment else norm
+    from .fscil import fscil_benchmark  # Avalanche is imported when a stream is built
+
     return fscil_benchmark(
         train, test, base_classes=base_classes, ways=ways, shots=shots, sessions=sessions,
         seed=seed, class_names=names, train_transform=train_tf, eval_transform=norm,
@@ -291,6 +298,8 @@ def digits_fscil(
     idx_tr, idx_te = np.sort(idx_tr), np.sort(idx_te)
     train = TensorImageDataset(x[idx_tr], y[idx_tr])
     test = TensorImageDataset(x[idx_te], y[idx_te])
+    from .fscil import fscil_benchmark  # Avalanche is imported when a stream is built
+
     return fscil_benchmark(
         train, test, base_classes=base_classes, ways=ways, shots=shots, sessions=sessions,
         seed=seed, class_names=DIGIT_NAMES, eval_transform=ToFloatNormalize([0.0], [1.0]),

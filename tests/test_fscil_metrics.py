@@ -205,21 +205,65 @@ def test_future_experiences_are_ignored(scenario):
     assert len(m.table().sessions) == 1 and m.table().sessions[0].acc == pytest.approx(ACC0)
 
 
-def test_reevaluation_replaces_row_and_remembers_base(scenario):
+class AlwaysSeven(nn.Module):
+    """Predicts class 7 for every sample: every test sample of classes 0..6 is wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(torch.full((x.shape[0],), 7), N_CLASSES).float() + 0 * self.w
+
+
+def test_partial_reevaluation_changes_neither_row_nor_aa_nor_pd(scenario):
     m = FSCILMetric()
     _run(scenario, m, sessions=2)
     strategy = _strategy([m])
-    strategy.clock.train_exp_counter = 2  # session 1 again, evaluated on exp 1 only
+    strategy.model = AlwaysSeven()  # a changed model, evaluated on exp 1 alone
+    strategy.clock.train_exp_counter = 2
     res = strategy.eval(scenario.test_stream[1:2])
-    assert res["FSCIL/session_acc"] == pytest.approx(3 / 7)
-    assert "FSCIL/base_acc" not in res  # no base class evaluated (base classes remembered)
-    assert res["FSCIL/novel_acc"] == pytest.approx(NOVEL1)
+    assert res["FSCIL/acc_exp/Exp001"] == 0.0
+    assert "FSCIL/session_acc" not in res and "FSCIL/AA" not in res and "FSCIL/PD" not in res
     t = m.table()
-    assert len(t.sessions) == 2 and t.sessions[1].acc == pytest.approx(3 / 7)
-    assert math.isnan(t.sessions[1].base) and math.isnan(t.sessions[1].hm)
-    assert t.base_classes == [0, 1, 2, 3]
-    _assert_matrix(t.matrix, [[EXP_ACC[0], NAN], [NAN, EXP_ACC[1]]])
-    assert res["FSCIL/PD"] == pytest.approx(ACC0 - 3 / 7)
+    assert [r.acc for r in t.sessions] == pytest.approx([ACC0, ACC1])
+    assert all(r.complete for r in t.sessions)
+    assert t.aa == pytest.approx(AA[1]) and t.pd == pytest.approx(PD[1])
+    _assert_matrix(t.matrix, [[EXP_ACC[0], NAN], [EXP_ACC[0], 0.0]])  # the cell it covered
+
+
+def test_partial_evaluations_add_up_to_a_complete_row(scenario):
+    m = FSCILMetric()
+    strategy = _strategy([m])
+    strategy.train(scenario.train_stream[0])
+    strategy.eval(scenario.test_stream[:1])
+    strategy.train(scenario.train_stream[1])
+    res = strategy.eval(scenario.test_stream[0:1])  # session 1, base classes only: partial
+    assert res["FSCIL/session_acc"] == pytest.approx(ACC0)  # the row's only evaluation so far
+    t = m.table()
+    assert not t.sessions[1].complete and t.sessions[0].complete
+    assert t.aa == pytest.approx(ACC0) and t.pd == pytest.approx(0.0)  # complete rows only
+    strategy.eval(scenario.test_stream[1:2])  # the rest of session 1
+    t = m.table()
+    assert t.sessions[1].complete and t.sessions[1].acc == pytest.approx(ACC1)
+    assert t.sessions[1].novel == pytest.approx(NOVEL1) and t.sessions[1].base == pytest.approx(BASE)
+    assert t.aa == pytest.approx(AA[1]) and t.pd == pytest.approx(PD[1])
+
+
+def test_complete_reevaluation_replaces_row_and_remembers_base(scenario):
+    m = FSCILMetric()
+    _run(scenario, m, sessions=2)
+    strategy = _strategy([m])
+    strategy.model = AlwaysSeven()
+    strategy.clock.train_exp_counter = 2  # session 1 again, on every experience seen
+    res = strategy.eval(scenario.test_stream[:2])
+    assert res["FSCIL/session_acc"] == 0.0 and res["FSCIL/base_acc"] == 0.0
+    t = m.table()
+    assert t.sessions[1].acc == 0.0 and t.base_classes == [0, 1, 2, 3]
+    assert res["FSCIL/PD"] == pytest.approx(ACC0) and t.pd == pytest.approx(ACC0)
+    assert t.aa == pytest.approx(ACC0 / 2)
+    d = FSCILTable.from_dict(json.loads(json.dumps(t.to_dict())))
+    assert [r.complete for r in d.sessions] == [True, True] and d.pd == pytest.approx(ACC0)
 
 
 def test_base_classes_override(scenario):

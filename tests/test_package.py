@@ -3,6 +3,7 @@ public name; the wheel holds exactly the library folders and the shipped configs
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -53,8 +54,13 @@ def test_public_api_from_python():
 
 
 def test_wheel_contents(tmp_path):
+    # build from a copy: setuptools writes build/ and *.egg-info next to the sources, and no
+    # test may write into the checkout
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".ci-cache", "build", "dist", "*.egg-info", "runs", "wandb", "__pycache__", "results"))
     res = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
         capture_output=True, text=True, timeout=300,
     )
     if res.returncode != 0 and "No module named" in res.stderr:
@@ -72,11 +78,23 @@ def test_wheel_contents(tmp_path):
     assert entry and "avalanche-fscl = avalanche_fscl.benchmarks.cli:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()
 
 
-def test_example_script_learns(capsys):
-    from avalanche_fscl.benchmarks.example import run_example
+def test_example_script_learns_and_is_the_readme_quick_start():
+    import contextlib
+    import io
+    import runpy
 
-    table = run_example(epochs=5).table()
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        first = runpy.run_module("avalanche_fscl.benchmarks.example", run_name="__main__")
+    table = first["metric"].table()
     assert len(table.sessions) == 4
     assert table.sessions[0].acc > 0.8  # 4 base digits, chance 0.25
     assert table.sessions[-1].acc > 0.3  # 10 digits after 3 few-shot sessions, chance 0.1
-    assert "| Acc |" in table.to_markdown()
+    assert "| Acc |" in buf.getvalue()
+    with contextlib.redirect_stdout(io.StringIO()):
+        again = runpy.run_module("avalanche_fscl.benchmarks.example", run_name="__main__")
+    assert again["metric"].table() == table, "seeded: the same table every time"
+
+    code = (REPO / "benchmarks" / "example.py").read_text().split('"""', 2)[2].strip()
+    readme = (REPO / "README.md").read_text()
+    assert f"```python\n{code}\n```" in readme, "README's quick start must be example.py's code verbatim"

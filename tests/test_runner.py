@@ -1,11 +1,12 @@
-"""The benchmark runner end to end on digits_fscil: report files, shared base session,
-determinism, kill-and-resume, config validation, W&B offline files and the CLI."""
+"""The benchmark runner end to end on digits_fscil: report files, the shared base session and
+its cache key, determinism, kill-and-resume, config validation, W&B offline files."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ QUICK = {
 def quick_config(tmp: Path, **changes) -> dict:
     data = json.loads(json.dumps(QUICK))
     data["output"] = str(tmp / "out")
-    data["base_cache"] = str(tmp / "base_cache")
+    data["base_cache_dir"] = str(tmp / "base_cache")
     data.update(changes)
     return data
 
@@ -57,11 +58,20 @@ def test_report_files_and_table_contents(suite):
     for run in on_disk["runs"]:
         assert len(run["table"]["sessions"]) == 4 and len(run["session_times_s"]) == 4
         assert run["peak_memory"]["cpu_rss_mb"] > 0
+        t = run["table"]
+        accs = [r["acc"] for r in t["sessions"]]
+        assert t["pd"] == pytest.approx(accs[0] - accs[-1]) and t["aa"] == pytest.approx(sum(accs) / 4)
     md = (out / "results.md").read_text()
     assert table in md and "| finetune |" in md and "Wall time" in md
+    assert "sample standard deviation (ddof=1)" in md and "### Cost per (strategy, seed)" in md
     assert (out / "sessions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.rglob("*.tmp")), "no temporary files left behind"
-    assert not (out / "checkpoints" / "finetune" / "seed0.pt").exists(), "finished runs drop their checkpoint"
+    assert not (out / "checkpoints").exists(), "finished runs leave no (empty) checkpoint folders"
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in [out / "results.json", out / "results.md", out / "sessions.png", out / "config.yaml",
+              out / "runs" / "replay" / "seed0.json"]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f
 
 
 def test_learning_happened_and_baselines_behave(suite):
@@ -75,14 +85,19 @@ def test_learning_happened_and_baselines_behave(suite):
     assert last["replay"] > last["finetune"] + 0.05, "replay must forget less than fine-tuning"
     # prototypes recognise novel digits from 5 shots without any gradient step (chance: 0.1)
     assert per["prototype"]["last_novel"][0] > 0.2
+    # joint (all data, class-balanced) is the bound: above every continual strategy, and it learns the novel classes
+    assert all(last["joint"] > last[n] + 0.05 for n in ("finetune", "replay", "prototype"))
+    assert per["joint"]["last_novel"][0] > per["prototype"]["last_novel"][0]
 
 
 def test_base_session_is_trained_once_and_cached(suite):
     tmp, cfg, results, _ = suite
     cached = list((tmp / "base_cache").glob("*.pt"))
     assert len(cached) == 1, "one base-session checkpoint shared by all four strategies"
-    times = {r["strategy"]: r["session_times_s"][0] for r in results["runs"]}
-    assert times["finetune"] > 5 * times["replay"], "later strategies load the base session"
+    info = {r["strategy"]: r["base_session"] for r in results["runs"]}
+    assert [i["source"] for i in info.values()] == ["trained", "cache", "cache", "cache"]
+    assert {i["file"] for i in info.values()} == {str(cached[0])}
+    assert results["summary"]["per_strategy"]["finetune"]["base_trained"] == 1
 
 
 def test_same_seed_same_results_with_and_without_the_cache(suite, tmp_path):
@@ -90,40 +105,150 @@ def test_same_seed_same_results_with_and_without_the_cache(suite, tmp_path):
     data = quick_config(tmp_path)  # fresh base cache: the base session is trained again
     again = run_benchmark(config_from_dict(data), progress=False, log=lambda s: None)
     assert [r["table"] for r in again["runs"]] == [r["table"] for r in first["runs"]]
+    off = run_benchmark(config_from_dict(quick_config(tmp_path, output=str(tmp_path / "off"), base_cache="off",
+                                                      strategies=["finetune", "replay"])),
+                        progress=False, log=lambda s: None)
+    assert [r["base_session"]["source"] for r in off["runs"]] == ["trained", "trained"]
+    assert [r["table"] for r in off["runs"]] == [r["table"] for r in first["runs"][:2]]
+
+
+def test_refresh_retrains_and_overwrites(suite, tmp_path):
+    tmp, _, _, _ = suite
+    (cached,) = (tmp / "base_cache").glob("*.pt")
+    before = cached.stat().st_mtime_ns
+    data = quick_config(tmp, output=str(tmp_path / "refresh"), base_cache="refresh", strategies=["finetune", "replay"])
+    res = run_benchmark(config_from_dict(data), progress=False, log=lambda s: None)
+    assert [r["base_session"]["source"] for r in res["runs"]] == ["trained", "trained"]
+    assert cached.stat().st_mtime_ns > before
+
+
+def test_cache_key_covers_code_versions_and_settings(tmp_path):
+    from avalanche_fscl.benchmarks.cache import BaseSessionCache, CacheError, _sources, code_fingerprint
+    from avalanche_fscl.strategies import make_spec
+
+    names = {f"{p.parent.name}/{p.name}" for p in _sources([make_spec("finetune")])}
+    assert {"models/conv4.py", "models/classifier.py", "streams/data.py", "strategies/template.py",
+            "strategies/baselines.py"} <= names
+    # the fingerprint follows the source text of the strategy's module
+    mod = tmp_path / "my_method.py"
+    mod.write_text("from avalanche_fscl.strategies import StrategySpec\nclass M(StrategySpec):\n    x = 1\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import importlib
+
+        import my_method
+        first = code_fingerprint(my_method.M)
+        mod.write_text(mod.read_text().replace("x = 1", "x = 2"))
+        importlib.reload(my_method)
+        assert code_fingerprint(my_method.M) != first
+    finally:
+        sys.path.remove(str(tmp_path))
+    a = BaseSessionCache(tmp_path, {"k": 1}, "on", label="s")
+    a.save({})
+    assert a.load() == {} and BaseSessionCache(tmp_path, {"k": 2}, "on", label="s").path != a.path
+    # a file whose stored key differs from its name's key is refused, not loaded
+    b = BaseSessionCache(tmp_path, {"k": 3}, "on", label="s")
+    b.path.write_bytes(a.path.read_bytes())
+    with pytest.raises(CacheError, match="holds the weights of another configuration"):
+        b.load()
+    assert BaseSessionCache(tmp_path, {"k": 1}, "off", label="s").load() is None
+    with pytest.raises(ValueError, match="base_cache: 'maybe' is not allowed; allowed: on, off, refresh"):
+        BaseSessionCache(tmp_path, {}, "maybe")
 
 
 def _cli_env(tmp: Path) -> dict:
     env = dict(os.environ)
     env["AVALANCHE_FSCL_CACHE"] = str(tmp / "cache")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
     return env
 
 
+def _start_and_wait_for(cmd: list[str], env: dict, target: Path, timeout: float = 240) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run must still be going when it is stopped: {proc.stderr.read()}"
+    return proc
+
+
 @pytest.mark.slow
-def test_killed_run_resumes_to_identical_results(tmp_path):
-    data = quick_config(tmp_path, strategies=["finetune", "replay", "prototype"])
+def test_killed_run_resumes_to_identical_results_and_complete_wandb_runs(tmp_path):
+    from avalanche_fscl.benchmarks.wandb_logger import read_offline_run
+
+    data = quick_config(tmp_path, strategies=["finetune", "replay", "own_everything", "prototype"])
     data["train"]["base_epochs"] = 8
+    data["wandb"] = {"mode": "offline", "project": "resume"}
+    data["strategy_args"] = {"own_everything": {"novel_epochs": 300}}  # a window of seconds to kill it in
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump(data))
-    ref = run_benchmark(config_from_dict({**data, "output": str(tmp_path / "ref"),
-                                          "base_cache": str(tmp_path / "ref_cache")}),
+    import own_strategy  # noqa: F401  (registers own_everything here too)
+
+    ref = run_benchmark(config_from_dict({**data, "output": str(tmp_path / "ref"), "wandb": {"mode": "off"},
+                                          "base_cache_dir": str(tmp_path / "ref_cache")}),
                         progress=False, log=lambda s: None)
 
     out = Path(data["output"])
-    cmd = [sys.executable, "-m", "avalanche_fscl.benchmarks.cli", "run", "--config", str(cfg_file), "--no-progress"]
-    proc = subprocess.Popen(cmd, env=_cli_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = out / "checkpoints" / "replay" / "seed0.pt"  # mid-stream of the second strategy
-    deadline = time.time() + 240
-    while not target.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run must still be going when it is killed"
+    cmd = [sys.executable, "-c", "import own_strategy, sys; from avalanche_fscl.benchmarks.cli import main; "
+           "sys.exit(main(sys.argv[1:]))", "run", "--config", str(cfg_file), "--no-progress"]
+    target = out / "checkpoints" / "own_everything" / "seed0.pt"  # mid-stream of the third strategy
+    proc = _start_and_wait_for(cmd, _cli_env(tmp_path), target)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "results.json").exists(), "the run was killed before it finished"
-    assert (out / "runs" / "finetune" / "seed0.json").exists()
+    assert (out / "runs" / "replay" / "seed0.json").exists()
 
-    assert main(["run", "--resume", str(out), "--no-progress"]) == 0
+    resumed_cmd = [*cmd[:3], "run", "--resume", str(out), "--no-progress"]
+    res = subprocess.run(resumed_cmd, env=_cli_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
     resumed = json.loads((out / "results.json").read_text())
     assert [r["table"] for r in resumed["runs"]] == [r["table"] for r in ref["runs"]]
+    assert [r["columns"] for r in resumed["runs"]] == [r["columns"] for r in ref["runs"]]
+    assert len(resumed["invocations"]) == 2 and "--resume" in resumed["invocations"][1]["command"]
+
+    # W&B: exactly one complete run per (strategy, seed) + the summary; the killed attempt set aside
+    folders = sorted((out / "wandb").glob("offline-run-*"))
+    decoded = {d["name"]: d for d in map(read_offline_run, folders)}
+    assert len(folders) == len(decoded) == 5
+    for name in ["finetune", "replay", "own_everything", "prototype"]:
+        history = [row for row in decoded[f"digits_fscil/{name}/seed0"]["history"] if "FSCIL/session_acc" in row]
+        assert [row["session"] for row in history] == [0, 1, 2, 3], name  # whole and monotonic
+        expected = next(r for r in ref["runs"] if r["strategy"] == name)["table"]["sessions"]
+        assert [row["FSCIL/session_acc"] for row in history] == pytest.approx([r["acc"] for r in expected])
+    killed = list((out / "wandb-setaside").glob("offline-run-*/*.wandb.killed"))
+    assert len(killed) == 1 and killed[0].name.startswith("run-")
+
+    # wandb's own reader: `wandb sync <output>/wandb` uploads every run, whole and monotonic
+    from wandb_server import FakeWandbServer
+
+    with FakeWandbServer() as server:
+        res = server.sync(out / "wandb")
+    assert res.returncode == 0, res.stderr
+    for name in ["finetune", "replay", "own_everything", "prototype"]:
+        run_id = decoded[f"digits_fscil/{name}/seed0"]["run_id"]
+        expected = next(r for r in ref["runs"] if r["strategy"] == name)["table"]["sessions"]
+        uploaded = server.session_history(run_id)
+        assert [s for s, _ in uploaded] == [0, 1, 2, 3], (name, res.stderr[-2000:])
+        assert [v for _, v in uploaded] == pytest.approx([r["acc"] for r in expected])
+    assert any("results_table" in f for f in server.uploads[decoded["digits_fscil/summary"]["run_id"]])
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path):
+    data = quick_config(tmp_path, strategies=["finetune", "replay"])
+    data["strategy_args"] = {"replay": {"epochs": 300}}  # a window of seconds to interrupt it in
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(data))
+    out = Path(data["output"])
+    cmd = [sys.executable, "-m", "avalanche_fscl.benchmarks.cli", "run", "--config", str(cfg_file), "--no-progress"]
+    proc = _start_and_wait_for(cmd, _cli_env(tmp_path), out / "checkpoints" / "replay" / "seed0.pt")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert f"interrupted: replay/seed0 stopped after session" in err
+    assert f"continue with: avalanche-fscl run --resume {out}" in err
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 0
 
 
 @pytest.mark.parametrize(
@@ -136,8 +261,11 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
         ({"wandb": {"mode": "cloud"}}, r"wandb\.mode: 'cloud' is not allowed; allowed: 'off' \| 'offline' \| 'online'"),
         ({"seeds": [0, "one"]}, r"seeds\[1\]: expected int"),
         ({"seeds": []}, r"seeds: at least one seed"),
+        ({"seeds": [-1]}, r"seeds: must be integers >= 0, got -1"),
         ({"device": "tpu"}, r"device: 'tpu' is not allowed; allowed: cpu, cuda, cuda:N"),
         ({"train": {"batch_size": 0}}, r"train\.batch_size: must be >= 1"),
+        ({"base_cache": "/tmp/x"}, r"base_cache: '/tmp/x' is not allowed; allowed: 'on' \| 'off' \| 'refresh'"),
+        ({"num_threads": 0}, r"num_threads: must be >= 1 or null, got 0"),
     ],
 )
 def test_config_validation_errors_name_the_key(tmp_path, change, match):
@@ -155,13 +283,18 @@ def test_config_validation_errors_name_the_key(tmp_path, change, match):
         ({"strategy_args": {"ewc": {"lambda": 1}}}, r"strategy_args\.ewc\.lambda: unknown hyper-parameter; allowed: ewc_lambda"),
         ({"stream": {"name": "mnist_fscil", "args": {}}}, r"stream\.name: unknown 'mnist_fscil'; allowed: .*digits_fscil"),
         ({"model": {"backbone": "vit"}}, r"model\.backbone: unknown 'vit'; allowed: conv4"),
+        ({"stream": {"name": "digits_fscil", "args": {"image_size": "abc"}}}, r"stream\.args\.image_size: expected int, got 'abc'"),
+        ({"stream": {"name": "digits_fscil", "args": {"image_size": 0}}}, r"stream\.args\.image_size: must be >= 1, got 0"),
+        ({"stream": {"name": "digits_fscil", "args": {"colour": True}}}, r"stream\.args\.colour: digits_fscil takes no argument 'colour'; allowed: base_classes, sessions"),
+        ({"stream": {"name": "digits_fscil", "args": {"seed": 1}}}, r"stream\.args\.seed: set by the runner"),
+        ({"stream": {"name": "digits_fscil", "args": {"ways": 100}}}, r"stream digits_fscil .*sessions=3 x ways=100 needs 300 classes"),
     ],
 )
-def test_unknown_names_fail_before_any_work(tmp_path, change, match):
+def test_bad_names_and_stream_args_fail_before_any_output(tmp_path, change, match):
     cfg = config_from_dict(quick_config(tmp_path, **change))
     with pytest.raises(ConfigError, match=match):
         run_benchmark(cfg, progress=False)
-    assert not (tmp_path / "out" / "config.yaml").exists()
+    assert not (tmp_path / "out").exists(), "nothing is written for a config that fails"
 
 
 def test_output_with_a_previous_run_is_not_overwritten(suite):
@@ -170,50 +303,17 @@ def test_output_with_a_previous_run_is_not_overwritten(suite):
         run_benchmark(cfg, progress=False)
 
 
-def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("suite: x\ntrain: {base_epochs: -1}\n")
-    assert main(["run", "--config", str(bad)]) == 2
-    assert "train.base_epochs: must be >= 0" in capsys.readouterr().err
-    assert main(["run", "--config", "nope_fscil"]) == 2
-    assert "shipped configs: cifar100_fscil" in capsys.readouterr().err
+def test_checkpoint_of_another_format_is_a_clear_error(tmp_path):
+    import torch
 
-
-def test_cli_flags_override_the_shipped_config(tmp_path):
-    from avalanche_fscl.benchmarks.cli import build_parser, config_from_args
-
-    args = build_parser().parse_args([
-        "run", "--stream", "omniglot_fscil", "--strategy", "finetune", "--strategy", "prototype",
-        "--seeds", "3", "4", "--device", "cpu", "--wandb", "offline", "--wandb-project", "p",
-        "--set", "train.base_epochs=2", "--output", str(tmp_path / "o"),
-    ])
-    cfg = config_from_args(args)
-    assert cfg.stream.name == "omniglot_fscil" and cfg.model.backbone == "conv4"
-    assert cfg.strategies == ["finetune", "prototype"] and cfg.seeds == [3, 4]
-    assert cfg.train.base_epochs == 2 and cfg.train.novel_epochs == 20
-    assert cfg.wandb.mode == "offline" and cfg.wandb.project == "p"
-
-
-def test_list_names_streams_strategies_backbones_and_configs(capsys):
-    assert main(["list"]) == 0
-    out = capsys.readouterr().out
-    for name in ["digits_fscil", "tiny_imagenet_fscil", "finetune", "prototype", "joint", "conv4",
-                 "resnet12", "omniglot_fscil"]:
-        assert name in out
-    assert out.index("strategies:") < out.index("backbones:") < out.index("configs:")
-
-
-def test_every_shipped_config_is_valid():
-    from avalanche_fscl.benchmarks.config import CONFIG_DIR, load_config
-    from avalanche_fscl.benchmarks.runner import check_names
-
-    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-    assert names == ["cifar100_fscil", "cub200_fscil", "digits_fscil", "mini_imagenet_fscil",
-                     "omniglot_fscil", "tiny_imagenet_fscil"]
-    for name in names:
-        cfg = load_config(name)
-        check_names(cfg)
-        assert cfg.stream.name == name
+    data = quick_config(tmp_path, strategies=["finetune"])
+    out = Path(data["output"])
+    (out / "checkpoints" / "finetune").mkdir(parents=True)
+    torch.save({"version": 1, "session": 0}, out / "checkpoints" / "finetune" / "seed0.pt")
+    cfg = config_from_dict(data)
+    (out / "config.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(BenchmarkError, match=r"checkpoint format version 1, but this avalanche-fscl reads version 2.*delete"):
+        run_benchmark(cfg, resume=True, progress=False)
 
 
 def test_wandb_offline_writes_one_run_per_strategy_and_seed(tmp_path):
@@ -229,16 +329,23 @@ def test_wandb_offline_writes_one_run_per_strategy_and_seed(tmp_path):
     assert all(d["group"] == "digits_quick" and d["project"] == "fscl-test" for d in decoded)
     ft = by_name["digits_fscil/finetune/seed0"]
     assert ft["config"]["strategy"] == "finetune" and ft["config"]["train"]["base_epochs"] == 4
-    logged = {row["session"]: row["FSCIL/session_acc"] for row in ft["history"] if "FSCIL/session_acc" in row}
+    logged = [row for row in ft["history"] if "FSCIL/session_acc" in row]
     expected = [r for r in results["runs"] if r["strategy"] == "finetune"][0]["table"]["sessions"]
-    assert logged == pytest.approx({row["session"]: row["acc"] for row in expected})
+    assert [row["session"] for row in logged] == [0, 1, 2, 3]  # the explicit step metric
+    assert [row["FSCIL/session_acc"] for row in logged] == pytest.approx([row["acc"] for row in expected])
     assert ft["summary"]["AA"] == pytest.approx(sum(r["acc"] for r in expected) / len(expected))
-    summary_history = by_name["digits_fscil/summary"]["history"]
-    assert any("results_table" in row for row in summary_history)
-    assert any("sessions" in row for row in summary_history)
+    tables = [k for row in ft["history"] for k in row if isinstance(row[k], dict) and row[k].get("_type") == "table-file"]
+    assert tables == ["FSCIL/table"], "each strategy run logs its table once"
+    summary = by_name["digits_fscil/summary"]
+    table_rows = [row for row in summary["history"] if "results_table" in row]
+    assert len(table_rows) == 1 and any("sessions" in row for row in summary["history"])
+    cols_file = next((tmp_path / "out" / "wandb").glob(f"offline-run-*-{summary['run_id']}/files/media/table/results_table*.json"))
+    table = json.loads(cols_file.read_text())
+    assert table["columns"][:5] == ["strategy", "S0 mean", "S0 std", "S1 mean", "S1 std"]
+    assert all(isinstance(v, (int, float)) or v is None for row in table["data"] for v in row[1:])
 
 
-def test_report_of_a_partially_finished_run(suite, tmp_path, capsys):
+def test_report_of_a_partially_finished_run_keeps_its_provenance(suite, tmp_path, capsys):
     import shutil
 
     _, cfg, results, _ = suite
@@ -250,11 +357,48 @@ def test_report_of_a_partially_finished_run(suite, tmp_path, capsys):
     assert main(["report", str(copy)]) == 0
     rep = json.loads((copy / "results.json").read_text())
     assert rep["incomplete"] == ["joint/seed0"]
+    assert rep["command"] == "pytest" and rep["wall_time_s"] == results["wall_time_s"]
     assert [row[0] for row in rep["summary"]["rows"]] == ["finetune", "replay", "prototype"]
     finished = {r["strategy"]: r["table"] for r in results["runs"]}
     assert {r["strategy"]: r["table"] for r in rep["runs"]} == {k: v for k, v in finished.items() if k != "joint"}
     md = (copy / "results.md").read_text()
     assert "**Incomplete**: not finished yet: joint/seed0" in md
+    assert "- Command: `pytest`" in md and "avalanche-fscl report" not in md
     assert (copy / "sessions.png").exists()
+    capsys.readouterr()
     assert main(["report", str(tmp_path / "nothing")]) == 2
-    assert "no run there" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "report " in err and "no run there" in err and "--resume" not in err
+
+
+def test_session_plot_has_integer_ticks_distinct_styles_and_an_honest_y_range():
+    from avalanche_fscl.benchmarks.report import session_figure
+
+    per = {f"s{i}": {"session_acc": [(0.90, None), (0.895, None), (0.894 - 0.001 * i, None)], "seeds": [0]}
+           for i in range(5)}
+    fig = session_figure({"per_strategy": per}, "title")
+    ax = fig.axes[0]
+    assert list(ax.get_xticks()) == [0, 1, 2]
+    lo, hi = ax.get_ylim()
+    assert hi - lo >= 20, "a 0.6-point change must not fill the whole height"
+    styles = {(line.get_marker(), line.get_linestyle()) for line in ax.get_lines()}
+    assert len(styles) == 5, "every strategy has its own marker/line style"
+    assert ax.get_title() == "title"
+
+
+def test_equivalence_tool_compares_run_by_run(suite, tmp_path, capsys):
+    import shutil
+
+    from avalanche_fscl.benchmarks.equivalence import main as equivalence
+
+    _, cfg, _, _ = suite
+    copy = tmp_path / "copy"
+    shutil.copytree(cfg.output, copy)
+    assert equivalence([cfg.output, str(copy)]) == 0
+    assert "| replay | 0 | yes | 0.00 |" in capsys.readouterr().out
+    run = json.loads((copy / "runs" / "replay" / "seed0.json").read_text())
+    run["table"]["sessions"][2]["acc"] += 0.01
+    (copy / "runs" / "replay" / "seed0.json").write_text(json.dumps(run))
+    assert equivalence([cfg.output, str(copy), "--output", str(tmp_path / "eq.md")]) == 1
+    assert "| replay | 0 | NO | 1.00 |" in (tmp_path / "eq.md").read_text()
+    assert equivalence([cfg.output, str(tmp_path / "none")]) == 2

@@ -410,3 +410,28 @@ def test_as_avalanche_logger_in_evaluation_plugin(tmp_path):
     assert fscil_table["_type"] == "table-file" and fscil_table["nrows"] == 2
     assert d["summary"]["AA"] == pytest.approx(table.aa)
     assert d["summary"]["PD"] == pytest.approx(table.pd)
+
+
+def test_log_session_writes_one_row_per_session_and_skips_nan(tmp_path):
+    logger = WandbRunLogger(mode="offline", project="p", name="n", dir=tmp_path)
+    logger.log_session(0, {"FSCIL/session_acc": 0.9, "FSCIL/novel_acc": float("nan")})
+    logger.log_session(1, {"FSCIL/session_acc": torch.tensor(0.7), "columns/x": 0.25})
+    logger.finish()
+    d = read_offline_run(_offline_runs(tmp_path, logger.run_id)[0])
+    rows = [r for r in d["history"] if "FSCIL/session_acc" in r]
+    assert [(r["session"], r["FSCIL/session_acc"]) for r in rows] == [(0, 0.9), (1, pytest.approx(0.7))]
+    assert "FSCIL/novel_acc" not in rows[0] and rows[1]["columns/x"] == 0.25
+
+
+def test_set_aside_moves_only_that_runs_folders(tmp_path):
+    from avalanche_fscl.benchmarks.wandb_logger import set_aside_offline_runs
+
+    wandb = tmp_path / "wandb"
+    for name in ["offline-run-20260101_000000-aaaa", "offline-run-20260102_000000-aaaa", "offline-run-20260101_000000-bbbb"]:
+        (wandb / name).mkdir(parents=True)
+        (wandb / name / f"run-{name[-4:]}.wandb").write_bytes(b":W&B")
+    moved = set_aside_offline_runs(wandb, "aaaa", tmp_path / "aside")
+    assert [p.name for p in moved] == ["offline-run-20260101_000000-aaaa", "offline-run-20260102_000000-aaaa"]
+    assert [p.name for p in wandb.iterdir()] == ["offline-run-20260101_000000-bbbb"]
+    assert sorted(p.name for p in (tmp_path / "aside").rglob("*.wandb.killed")) == ["run-aaaa.wandb.killed"] * 2
+    assert set_aside_offline_runs(wandb, "cccc", tmp_path / "aside") == []

@@ -1,0 +1,108 @@
+"""The command line a new user meets: every bad input is one line naming the problem, exit
+status 2, nothing written, found before Avalanche is imported where possible."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from avalanche_fscl.benchmarks.cli import main
+
+TINY = ["--set", "train.base_epochs=1", "--set", "train.novel_epochs=1", "--strategy", "finetune"]
+
+
+def _one_line_error(capsys, argv: list[str], code: int = 2) -> str:
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["run", "--seeds", "-1"], "seeds: must be integers >= 0, got -1"),
+        (["run", "--set", "stream.args.image_size=abc"], "stream.args.image_size: expected int, got 'abc' (str)"),
+        (["run", "--set", "stream.args.image_size=0"], "stream.args.image_size: must be >= 1, got 0"),
+        (["run", "--set", "stream.args.ways=100"], "sessions=3 x ways=100 needs 300 classes after the 4 base classes"),
+        (["run", "--set", "stream.args.shots=[1"], "--set stream.args.shots=[1: not a YAML value"),
+        (["run", "--set", "train.base_epochs"], "--set 'train.base_epochs': expected KEY=VALUE"),
+        (["run", "--strategy", "nope"], "strategies: unknown 'nope'; allowed:"),
+        (["run", "--config", "nope_fscil"], "shipped configs: cifar100_fscil"),
+        (["run", "--stream", "mnist_fscil"], "stream.name: unknown 'mnist_fscil'"),
+    ],
+)
+def test_bad_run_inputs_are_one_line(capsys, tmp_path, argv, expected):
+    err = _one_line_error(capsys, [*argv, "--output", str(tmp_path / "out")])
+    assert err.startswith("avalanche-fscl: error: ") and expected in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_yaml_names_file_and_line(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("suite: x\ntrain: {base_epochs: 3\nseeds: [0]\n")
+    err = _one_line_error(capsys, ["run", "--config", str(bad)])
+    assert f"--config {bad}: invalid YAML at line" in err
+    bad.write_text("- just\n- a list\n")
+    assert "a config must be a mapping" in _one_line_error(capsys, ["run", "--config", str(bad)])
+    bad.write_text("suite: x\ntrain: {base_epochs: -1}\n")
+    assert "train.base_epochs: must be >= 0" in _one_line_error(capsys, ["run", "--config", str(bad)])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu(capsys, tmp_path):
+    err = _one_line_error(capsys, ["run", "--device", "cuda", "--output", str(tmp_path / "o")])
+    assert "device: 'cuda' requested but torch sees no CUDA GPU on this machine; use --device cpu" in err
+
+
+def test_argparse_errors_are_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--wandb", "cloud"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "invalid choice: 'cloud'" in err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["run", *TINY, "--output", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_resume_refuses_flags_that_would_change_the_run(capsys, finished_run):
+    err = _one_line_error(capsys, ["run", "--resume", str(finished_run), "--strategy", "lwf", "--seeds", "1"])
+    assert f"--resume continues {finished_run} with its saved config; it cannot take --strategy, --seeds" in err
+    err = _one_line_error(capsys, ["run", "--resume", str(finished_run), "--wandb", "offline"])
+    assert "--wandb offline: the run in" in err and "logs with --wandb off" in err
+    # the same mode is fine, and resuming a finished run rewrites its report
+    assert main(["run", "--resume", str(finished_run), "--wandb", "off", "--no-progress"]) == 0
+    res = json.loads((finished_run / "results.json").read_text())
+    assert len(res["invocations"]) == 2 and res["command"].startswith("avalanche-fscl run --set")
+
+
+def test_report_errors_name_report(capsys, tmp_path):
+    err = _one_line_error(capsys, ["report", str(tmp_path / "missing")])
+    assert f"report {tmp_path / 'missing'}: no run there" in err and "--resume" not in err
+    err = _one_line_error(capsys, ["run", "--resume", str(tmp_path / "missing")])
+    assert f"--resume {tmp_path / 'missing'}: no run there" in err
+
+
+def test_config_errors_come_before_avalanche_is_imported(tmp_path):
+    code = (
+        "import sys, time; t = time.perf_counter()\n"
+        "from avalanche_fscl.benchmarks.cli import main\n"
+        f"rc = main(['run', '--set', 'stream.args.image_size=abc', '--output', {str(tmp_path / 'o')!r}])\n"
+        "print(rc, 'avalanche' in sys.modules, round(time.perf_counter() - t, 2))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    rc, imported, _seconds = res.stdout.split()
+    assert (rc, imported) == ("2", "False"), res.stderr
+    assert res.stderr.strip().splitlines() == [
+        "avalanche-fscl: error: stream.args.image_size: expected int, got 'abc' (str)"]

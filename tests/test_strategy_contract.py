@@ -1,0 +1,213 @@
+"""The strategy contract: a registered strategy that brings its own model, optimizer, base
+training, schedule, stateful plugin and extra column runs through the unchanged runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from avalanche.core import SupervisedPlugin
+
+import own_strategy
+from avalanche_fscl.benchmarks import ConfigError, config_from_dict, run_benchmark
+from avalanche_fscl.strategies import (
+    FSCILStrategy,
+    STRATEGIES,
+    SessionSchedule,
+    StrategyContext,
+    StrategySpec,
+    create_strategy,
+    make_spec,
+    register_strategy,
+    require_state_dicts,
+)
+from avalanche_fscl.streams import digits_fscil
+
+pytestmark = pytest.mark.filterwarnings("ignore:No loggers specified:UserWarning")
+
+OWN = {
+    "suite": "contract",
+    "stream": {"name": "digits_fscil", "args": {}},
+    "model": {"backbone": "conv4_small", "head": "cosine"},
+    "train": {"batch_size": 32, "base_epochs": 4, "novel_epochs": 3},
+    "strategies": ["own_everything", "finetune"],
+    "columns": {"seen_classes_everywhere": {}},
+    "seeds": [0],
+    "wandb": {"mode": "offline", "project": "contract"},
+}
+
+
+def own_config(tmp: Path, out: str = "out") -> dict:
+    return {**json.loads(json.dumps(OWN)), "output": str(tmp / out), "base_cache_dir": str(tmp / "cache")}
+
+
+@pytest.fixture(scope="module")
+def own_suite(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("contract")
+    own_strategy.FIT_CALLS.clear()
+    results = run_benchmark(config_from_dict(own_config(tmp)), progress=False, log=lambda s: None)
+    return tmp, results
+
+
+def test_own_model_optimizer_and_frozen_backbone():
+    scenario = digits_fscil(seed=0)
+    strategy = create_strategy("own_everything", StrategyContext(scenario, seed=0))
+    model = strategy.model
+    assert isinstance(model.backbone, own_strategy.MLP) and model.head_type == "cosine"
+    assert isinstance(strategy.optimizer, torch.optim.Adam)
+    assert [id(p) for g in strategy.optimizer.param_groups for p in g["params"]] == [id(model.weight)]
+    assert strategy.schedule == SessionSchedule(base_epochs=0, novel_epochs=3, novel_lr=0.01,
+                                                base_lr=0.1)  # run schedule adapted by the spec
+    plugin = next(p for p in strategy.plugins if isinstance(p, own_strategy.CountingPlugin))
+
+    spec = make_spec("own_everything")
+    ctx = StrategyContext(scenario, seed=0)
+    spec.fit_base_session(strategy, scenario.train_stream[0], ctx)
+    strategy.mark_pretrained(0)
+    strategy.train(scenario.train_stream[0])
+    backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    head = model.weight.detach().clone()
+    for s in (1, 2):
+        strategy.train(scenario.train_stream[s])
+    # frozen weights never entered the optimizer (Avalanche would add them) and never moved
+    assert [id(p) for g in strategy.optimizer.param_groups for p in g["params"]] == [id(model.weight)]
+    assert all(torch.equal(v, backbone[k]) for k, v in model.backbone.state_dict().items())
+    assert not torch.equal(model.weight, head)
+    assert plugin.iterations == {1: 3, 2: 3}  # 0 epochs in session 0; 3 epochs of one batch
+
+
+def test_runner_uses_every_piece(own_suite):
+    _, results = own_suite
+    runs = {r["strategy"]: r for r in results["runs"]}
+    own = runs["own_everything"]
+    assert own["hparams"] == {"hidden": 32, "fit_steps": 300, "novel_epochs": 3, "seed": 0}
+    assert own["table"]["sessions"][0]["acc"] > 0.8, "fit_base_session trained the base session (chance 0.25)"
+    assert own_strategy.FIT_CALLS == [0]
+    # the custom base training never shares a cache entry with the baselines
+    assert own["base_session"]["source"] == runs["finetune"]["base_session"]["source"] == "trained"
+    assert own["base_session"]["key"] != runs["finetune"]["base_session"]["key"]
+
+
+def test_extra_columns_in_results_markdown_and_wandb(own_suite):
+    from avalanche_fscl.benchmarks.wandb_logger import read_offline_run
+
+    tmp, results = own_suite
+    runs = {r["strategy"]: r for r in results["runs"]}
+    assert runs["own_everything"]["columns"]["seen_classes"]["values"] == [0.4, 0.6, 0.8, 1.0]
+    for r in runs.values():  # the config's column applies to every strategy
+        assert r["columns"]["seen_everywhere"]["values"] == [0.4, 0.6, 0.8, 1.0]
+    assert "seen_classes" not in runs["finetune"]["columns"]
+    summary = results["summary"]
+    assert summary["columns"][-2:] == ["seen classes (last)", "seen (all) (last)"]
+    md = (tmp / "out" / "results.md").read_text()
+    assert "### seen classes after each session (%)" in md
+    assert "| own_everything | 40.00 | 60.00 | 80.00 | 100.00 |" in md
+    runs_wb = [read_offline_run(p) for p in sorted((tmp / "out" / "wandb").glob("offline-run-*"))]
+    own_wb = next(r for r in runs_wb if r["name"] == "digits_fscil/own_everything/seed0")
+    logged = {row["session"]: row["columns/seen_classes"] for row in own_wb["history"] if "columns/seen_classes" in row}
+    assert logged == {0: 0.4, 1: 0.6, 2: 0.8, 3: 1.0}
+
+
+def test_cached_custom_base_session_is_reused(own_suite, tmp_path):
+    tmp, first = own_suite
+    data = own_config(tmp, out="again")
+    data["strategies"] = ["own_everything"]
+    data["wandb"] = {"mode": "off"}
+    again = run_benchmark(config_from_dict(data), progress=False, log=lambda s: None)
+    assert own_strategy.FIT_CALLS == [0], "the second suite loaded the cached fit"
+    (run,) = again["runs"]
+    assert run["base_session"]["source"] == "cache"
+    assert run["table"] == next(r for r in first["runs"] if r["strategy"] == "own_everything")["table"]
+
+
+class NoState(SupervisedPlugin):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+
+class DeclaredStateless(SupervisedPlugin):
+    stateless = True
+
+
+def test_plugin_without_state_dict_is_an_error_naming_its_class(tmp_path):
+    with pytest.raises(TypeError, match=r"NoState \(0:NoState\) has no state_dict\(\)/load_state_dict\(\)"):
+        require_state_dicts({"0:NoState": NoState()})
+    require_state_dicts({"0:DeclaredStateless": DeclaredStateless()})  # allowed
+
+    @register_strategy("_no_state_for_test")
+    class Bad(StrategySpec):
+        """A strategy whose plugin cannot be checkpointed."""
+
+        def plugins(self, ctx):
+            return [NoState()]
+
+    try:
+        data = own_config(tmp_path)
+        data.update(strategies=["_no_state_for_test"], columns={}, wandb={"mode": "off"})
+        with pytest.raises(TypeError, match="NoState"):
+            run_benchmark(config_from_dict(data), progress=False, log=lambda s: None)
+        assert not (tmp_path / "out" / "runs").exists()
+    finally:
+        STRATEGIES.pop("_no_state_for_test")
+
+
+def test_registry_errors():
+    with pytest.raises(ValueError, match=r"unknown strategy 'nope'; allowed: .*finetune"):
+        make_spec("nope")
+    with pytest.raises(ValueError, match=r"strategy_args.replay.memory: unknown hyper-parameter; allowed: mem_per_class, seed, epochs"):
+        make_spec("replay", {"memory": 3})
+    with pytest.raises(ValueError, match="already registered"):
+        register_strategy("finetune")(type("X", (StrategySpec,), {}))
+    with pytest.raises(TypeError, match="decorates a StrategySpec subclass"):
+        register_strategy("_fn")(lambda: [])
+    with pytest.raises(ValueError, match=r"epochs must be an integer >= 0 or None, got -1"):
+        make_spec("joint", {"epochs": -1})
+    with pytest.raises(TypeError, match="context must be a StrategyContext"):
+        create_strategy("finetune", None)
+    assert make_spec("replay", seed=7).seed == 7 and make_spec("replay", {"seed": 3}, seed=7).seed == 3
+
+
+def test_unknown_column_and_bad_hyperparameter_values_fail_before_any_output(tmp_path):
+    data = own_config(tmp_path)
+    data["columns"] = {"nope": {}}
+    with pytest.raises(ConfigError, match=r"columns.nope: unknown column; allowed: seen_classes_everywhere"):
+        run_benchmark(config_from_dict(data), progress=False)
+    data = own_config(tmp_path)
+    data.update(strategies=["replay"], strategy_args={"replay": {"mem_per_class": 0}})
+    with pytest.raises(ConfigError, match=r"strategy_args.replay: mem_per_class must be an integer >= 1, got 0"):
+        run_benchmark(config_from_dict(data), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+class LabelCounter(SupervisedPlugin):
+    stateless = True
+
+    def __init__(self):
+        super().__init__()
+        self.labels: dict[int, list[int]] = {}
+
+    def after_training_iteration(self, strategy, *args, **kwargs):
+        self.labels.setdefault(strategy.session, []).extend(strategy.mb_y.tolist())
+
+
+def test_balanced_batches_only_in_incremental_sessions():
+    scenario = digits_fscil(seed=0)
+    counts = {}
+    for balanced in (False, True):
+        counter = LabelCounter()
+        model = make_spec("finetune").build_model(StrategyContext(scenario, seed=0))
+        strategy = FSCILStrategy(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                                 schedule=SessionSchedule(1, 0.1, 5, 0.01), plugins=[counter],
+                                 train_mb_size=32, cumulative=True, balanced=balanced)
+        for s in (0, 1):
+            torch.manual_seed(s)
+            strategy.train(scenario.train_stream[s])
+        counts[balanced] = counter.labels
+    assert counts[True][0] == counts[False][0], "the base session trains exactly as without balancing"
+    novel = scenario.session_classes[1]
+    share = {b: sum(y in novel for y in c[1]) / len(c[1]) for b, c in counts.items()}
+    # session 1 holds all base samples (~500) + 10 novel shots: 2% unbalanced, 2 of 6 classes balanced
+    assert share[False] < 0.05 and share[True] > 0.2, share
