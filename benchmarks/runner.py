@@ -333,7 +333,7 @@ class _Run:
             name=f"{cfg.stream.name}/{self.name}/seed{self.seed}", tags=cfg.wandb.tags,
             config={**config_to_dict(cfg), "strategy": self.name, "seed": self.seed,
                     "strategy_hparams": self.spec.hparams},
-            dir=self.suite.out, run_id=run_id, resume=cfg.wandb.mode == "online" and start > 0,
+            dir=self.suite.out, run_id=run_id, resume=cfg.wandb.mode == "online",
         )
         if cfg.wandb.mode == "offline":
             for s in range(start):

@@ -16,9 +16,12 @@ opens its run at construction. :class:`WandbRunLogger` replaces it:
   note that ``import avalanche`` itself imports wandb, from
   ``avalanche/evaluation/metrics/confusion_matrix.py``); ``"offline"`` writes ``<dir>/wandb/offline-run-*/``
   (sync later with ``wandb sync``) and needs no network or account; ``"online"`` syncs live;
-* a run id (``secrets.token_hex``) is generated when not given;
-  ``run_id=<id>, resume=True`` reopens the same run (wandb ``resume="allow"``) so a
-  resumed benchmark continues it. :meth:`WandbRunLogger.state_dict` stores what is needed.
+* a run id (``secrets.token_hex``) is generated when not given; ``run_id=<id>,
+  resume=True`` reopens the same run on the server (wandb ``resume="allow"``, online).
+  Offline, a killed run's file may hold nothing (wandb flushes every ~15 s) and a second
+  folder with the same id does not append on ``wandb sync``: the benchmark runner instead
+  sets the killed folder aside (:func:`set_aside_offline_runs`) and re-logs the
+  checkpointed sessions into a clean run with the same id (:meth:`WandbRunLogger.log_session`).
 
 All accuracies the FSCIL metrics emit are fractions in ``[0, 1]`` and are logged as they
 come (no conversion to %).
@@ -140,8 +143,7 @@ class WandbRunLogger(BaseLogger):
         tags: W&B tags.
         run_id: W&B run id; a new random id (``secrets.token_hex(8)``) when ``None``.
         resume: reopen the run ``run_id`` (wandb ``resume="allow"``: created if it does
-            not exist). Offline, the resumed part goes to a new ``offline-run-*-<id>``
-            folder with the same id; ``wandb sync`` appends it to the same run.
+            not exist). Meant for online runs; see the module docstring for offline ones.
         entity: W&B entity (user or team); ``None``: the account's default.
         metric_prefixes: only metric names starting with one of these are logged
             (``None``: every metric). Avalanche's built-in metrics use the training

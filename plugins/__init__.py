@@ -11,11 +11,13 @@ so a run checkpointed after a session and resumed with fresh objects continues e
 - :class:`ClassBalancedReplayPlugin`: seeded class-balanced tensor memory, replayed.
 - :class:`NCMClassifierPlugin`: iCaRL's nearest-class-mean classifier at evaluation.
 - :class:`PrototypeClassifierPlugin`: frozen base backbone + prototype classifier (CEC family).
+- :class:`FastSlowConsolidationPlugin`: FSCL, fast/slow weights with two-step consolidation.
 - :func:`extract_features`, :func:`class_mean_features`: batched, no-grad feature helpers.
 """
 
 from ._features import class_mean_features, extract_features
 from .ewc import StatefulEWCPlugin
+from .fast_slow import FastSlowConsolidationPlugin
 from .fscil_metrics import FSCILMetric, FSCILSessionRow, FSCILTable, fscil_metrics
 from .lwf import StatefulLwFPlugin
 from .ncm import NCMClassifierPlugin
@@ -32,6 +34,7 @@ __all__ = [
     "ClassBalancedReplayPlugin",
     "NCMClassifierPlugin",
     "PrototypeClassifierPlugin",
+    "FastSlowConsolidationPlugin",
     "extract_features",
     "class_mean_features",
 ]

@@ -3,12 +3,15 @@ registered baselines.
 
 ``create_strategy(name, StrategyContext(scenario))`` builds any registered strategy;
 ``list_strategies()`` names them. Baselines: ``finetune``, ``ewc``, ``lwf``, ``replay``,
-``ncm`` (iCaRL-style NCM with replay), ``joint`` (upper bound) and ``prototype``. A new
+``ncm`` (iCaRL-style NCM with replay), ``joint`` (upper bound) and ``prototype``; methods:
+``fscl`` (and its ablations ``fscl_no_step1``, ...). A new
 method subclasses :class:`StrategySpec` and registers it with :func:`register_strategy`
 (the contract: :mod:`avalanche_fscl.strategies.spec`).
 """
 
 from . import baselines as _baselines  # noqa: F401  (registers the baselines)
+from . import columns as _columns  # noqa: F401  (registers the evaluation columns)
+from . import fscl as _fscl  # noqa: F401  (registers fscl and its ablations)
 from .registry import (
     STRATEGIES,
     create_strategy,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ class FSCILScenario(CLScenario):
         ways, shots, base_shots: the protocol (``base_shots=None``: all base samples).
         shot_indices: ``shot_indices[s]`` = indices into the *original* training dataset
             of every training sample of session ``s`` (exactly what was drawn).
+        heldout: a dataset of classes the stream never trains on (few-shot generalisation
+            evaluation, e.g. the ``heldout_fewshot`` column), or ``None``; built on first
+            access when the preset gave a loader.
     """
 
     def __init__(
@@ -53,8 +56,10 @@ class FSCILScenario(CLScenario):
         base_shots: int | None,
         shot_indices: list[list[int]],
         seed: int,
+        heldout: Dataset | Callable[[], Dataset] | None = None,
     ):
         super().__init__(streams)
+        self._heldout = heldout
         self.session_classes = session_classes
         self.base_classes = session_classes[0]
         self.class_order = class_order
@@ -64,6 +69,13 @@ class FSCILScenario(CLScenario):
         self.base_shots = base_shots
         self.shot_indices = shot_indices
         self.seed = seed
+
+    @property
+    def heldout(self) -> Dataset | None:
+        """Classes the stream never trains on (``None`` if the stream has none)."""
+        if callable(self._heldout) and not isinstance(self._heldout, Dataset):
+            self._heldout = self._heldout()
+        return self._heldout
 
     @property
     def n_sessions(self) -> int:
@@ -131,6 +143,7 @@ def fscil_benchmark(
     base_shots: int | None = None,
     train_transform: Any = None,
     eval_transform: Any = None,
+    heldout: Dataset | Callable[[], Dataset] | None = None,
 ) -> FSCILScenario:
     """Build a few-shot class-incremental scenario.
 
@@ -162,6 +175,8 @@ def fscil_benchmark(
         train_transform: tensor transform of the "train" group (augmentation +
             normalisation); ``None`` = ``eval_transform``.
         eval_transform: tensor transform of the "eval" group (normalisation).
+        heldout: classes the stream never trains on, kept as ``scenario.heldout`` (a dataset
+            whose items are ready-to-use tensors, or a function that builds it on first use).
 
     Returns:
         An :class:`FSCILScenario` whose labels are remapped to ``0..n_classes-1`` in
@@ -244,6 +259,7 @@ def fscil_benchmark(
         base_shots=base_shots,
         shot_indices=indices,
         seed=seed,
+        heldout=heldout,
     )
 
 

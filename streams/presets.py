@@ -140,6 +140,8 @@ def omniglot_fscil(
     ways: int = 10,
     shots: int = 5,
     image_size: int = 28,
+    heldout_classes: int | None = None,
+    validation: bool = False,
     seed: int = 0,
 ) -> FSCILScenario:
     """Omniglot FSCIL: 964 background characters, then 10 sessions of 10-way 5-shot.
@@ -156,6 +158,18 @@ def omniglot_fscil(
     Class ids: background character ``i`` -> ``i``; evaluation character ``j`` ->
     ``base_classes + j``. Class names: ``"<alphabet> characterNN"``.
 
+    Held-out pool (``scenario.heldout``, read by the ``heldout_fewshot`` column): the
+    ``heldout_classes`` evaluation characters after the stream's (default ``None``: up to
+    100, i.e. evaluation characters 100-199), all 20 drawers, labels ``0..heldout_classes-1``;
+    0 for none. The
+    evaluation characters after those (200-658 by default) are used by nothing here.
+
+    ``validation=True``: a protocol carved from the training split, for choosing
+    hyper-parameters without touching a test image: background characters and drawers
+    0-14 only. The last ``sessions * ways`` of the ``base_classes`` background characters
+    become the novel classes (default: 864 base + 100 novel); drawers 0-9 train (shots drawn
+    from them), drawers 10-14 test; no held-out pool.
+
     Data (``data_root/omniglot`` or ``data_root`` itself, default ``$AVALANCHE_FSCL_DATA``
     or ``../shared/data``): ``images_background.npz`` + ``images_evaluation.npz`` (+
     ``characters.tsv`` for names), or torchvision's Omniglot folder layout
@@ -166,22 +180,44 @@ def omniglot_fscil(
     if not 1 <= base_classes <= len(bg):
         raise ValueError(f"base_classes={base_classes}: allowed 1..{len(bg)} (background characters)")
     n_novel = sessions * ways
-    if n_novel > len(ev):
-        raise ValueError(
-            f"sessions={sessions} x ways={ways} = {n_novel} novel classes but Omniglot has "
-            f"{len(ev)} evaluation characters"
-        )
-    chars = np.concatenate([bg[:base_classes], ev[:n_novel]])  # (C, 20, 1, S, S)
-    labels = np.repeat(np.arange(len(chars)), 15), np.repeat(np.arange(len(chars)), 5)
-    train = TensorImageDataset(torch.from_numpy(chars[:, :15].reshape(-1, 1, image_size, image_size)), labels[0])
-    test = TensorImageDataset(torch.from_numpy(chars[:, 15:].reshape(-1, 1, image_size, image_size)), labels[1])
-    class_names = names[:base_classes] + names[len(bg) : len(bg) + n_novel]
     tf = ToFloatNormalize([0.0], [1.0])
+    heldout = None
+    if validation:
+        if n_novel >= base_classes:
+            raise ValueError(
+                f"validation=True: sessions={sessions} x ways={ways} = {n_novel} novel classes must be "
+                f"fewer than base_classes={base_classes} (they are carved from the background characters)"
+            )
+        chars, split = bg[:base_classes], 10  # drawers 0-9 train, 10-14 test
+        class_names = names[:base_classes]
+        base_classes -= n_novel
+    else:
+        if heldout_classes is None:
+            heldout_classes = max(0, min(100, len(ev) - n_novel))
+        if n_novel + heldout_classes > len(ev):
+            raise ValueError(
+                f"sessions={sessions} x ways={ways} = {n_novel} novel classes + heldout_classes="
+                f"{heldout_classes} but Omniglot has {len(ev)} evaluation characters"
+            )
+        chars, split = np.concatenate([bg[:base_classes], ev[:n_novel]]), 15  # (C, 20, 1, S, S)
+        class_names = names[:base_classes] + names[len(bg) : len(bg) + n_novel]
+        if heldout_classes:
+            pool = ev[n_novel : n_novel + heldout_classes]
+            heldout = TensorImageDataset(  # stored normalised: episodes read it without transforms
+                torch.stack([tf(torch.from_numpy(x)) for x in pool.reshape(-1, 1, image_size, image_size)]),
+                np.repeat(np.arange(heldout_classes), 20),
+            )
+    n_test = 15 - split if validation else 5
+    labels = np.repeat(np.arange(len(chars)), split), np.repeat(np.arange(len(chars)), n_test)
+    train = TensorImageDataset(torch.from_numpy(chars[:, :split].reshape(-1, 1, image_size, image_size)), labels[0])
+    test = TensorImageDataset(
+        torch.from_numpy(chars[:, split : split + n_test].reshape(-1, 1, image_size, image_size)), labels[1]
+    )
     from .fscil import fscil_benchmark  # Avalanche is imported when a stream is built
 
     return fscil_benchmark(
         train, test, base_classes=base_classes, ways=ways, shots=shots, sessions=sessions,
-        seed=seed, class_names=class_names, eval_transform=tf,
+        seed=seed, class_names=class_names, eval_transform=tf, heldout=heldout,
     )
 
 
@@ -213,6 +249,8 @@ def tiny_imagenet_fscil(
     shots: int = 5,
     image_size: int = 64,
     augment: bool = True,
+    heldout_per_class: int = 200,
+    validation: bool = False,
     seed: int = 0,
 ) -> FSCILScenario:
     """Tiny ImageNet FSCIL: 100 base classes (150 images each), then 10 sessions of 10-way 5-shot.
@@ -231,6 +269,21 @@ def tiny_imagenet_fscil(
     Data (``data_root/tiny_imagenet`` or ``data_root`` itself): ``train_150pc.zip`` +
     ``train_150pc_labels.tsv``, ``val.zip`` + ``val_labels.tsv``, ``classes.tsv`` (see the
     folder's README). Decoded once (about 10 s on 2 cores) and cached.
+
+    Held-out pool (``scenario.heldout``, read by the ``heldout_fewshot`` column): the default
+    protocol uses all 200 Tiny ImageNet classes, so the pool is another dataset: the first
+    ``heldout_per_class`` CIFAR-10 *test* images of each of its 10 classes (from
+    ``<data root>/cifar10_jpeg``; the CIFAR-10 training images stay free for other uses),
+    resized to ``image_size`` and normalised with Tiny ImageNet's statistics; loaded on
+    first use; ``None`` when that folder is absent or ``heldout_per_class=0``. Caveat: some
+    CIFAR-10 categories are coarse versions of Tiny ImageNet classes (e.g. cat vs. tabby cat),
+    so the pool is new *images and labels*, not unrelated concepts.
+
+    ``validation=True``: a protocol carved from the training split, for choosing
+    hyper-parameters without touching a test image: the ``base_classes`` base classes' training
+    images only, images 0-99 of each class to train and 100-149 to test. Their last
+    ``n = min(sessions, base_classes // (2 * ways)) * ways`` classes become ``n / ways``
+    novel sessions (default: 50 base + 5 sessions of 10-way); no held-out pool.
     """
     root = dataset_folder(data_root, "tiny_imagenet")
     require_files(
@@ -247,17 +300,49 @@ def tiny_imagenet_fscil(
             f"base_classes={base_classes} + sessions={sessions} x ways={ways} = {used} classes; "
             f"allowed at most {len(names)}"
         )
-    keep_tr, keep_te = ytr < used, yte < used
-    train = TensorImageDataset(resize_images(xtr[keep_tr], image_size), ytr[keep_tr])
-    test = TensorImageDataset(resize_images(xte[keep_te], image_size), yte[keep_te])
     norm = ToFloatNormalize(TINY_IMAGENET_MEAN, TINY_IMAGENET_STD)
+    heldout = None
+    if validation:
+        sessions = min(sessions, base_classes // (2 * ways))
+        if sessions < 1:
+            raise ValueError(f"validation=True needs base_classes >= 2 x ways; got base_classes={base_classes}, ways={ways}")
+        keep = ytr < base_classes
+        position = np.zeros(len(ytr), dtype=np.int64)  # index of each image within its class
+        for c in range(base_classes):
+            position[ytr == c] = np.arange(int((ytr == c).sum()))
+        xte, yte = xtr[keep & (position >= 100)], ytr[keep & (position >= 100)]
+        xtr, ytr = xtr[keep & (position < 100)], ytr[keep & (position < 100)]
+        base_classes -= sessions * ways
+    else:
+        keep_tr, keep_te = ytr < used, yte < used
+        xtr, ytr, xte, yte = xtr[keep_tr], ytr[keep_tr], xte[keep_te], yte[keep_te]
+        cifar = dataset_folder(data_root, "cifar10_jpeg")
+        if heldout_per_class and (cifar / "test.zip").exists():
+            heldout = lambda: _cifar10_pool(cifar, heldout_per_class, image_size, norm)  # noqa: E731
+    train = TensorImageDataset(resize_images(xtr, image_size), ytr)
+    test = TensorImageDataset(resize_images(xte, image_size), yte)
     train_tf = Compose(RandomCropFlip(padding=image_size // 8), norm) if augment else norm
     from .fscil import fscil_benchmark  # Avalanche is imported when a stream is built
 
     return fscil_benchmark(
         train, test, base_classes=base_classes, ways=ways, shots=shots, sessions=sessions,
-        seed=seed, class_names=names, train_transform=train_tf, eval_transform=norm,
+        seed=seed, class_names=names, train_transform=train_tf, eval_transform=norm, heldout=heldout,
     )
+
+
+def _cifar10_pool(folder: Path, per_class: int, image_size: int, norm: ToFloatNormalize) -> TensorImageDataset:
+    """The first ``per_class`` CIFAR-10 test images of each class, normalised float tensors."""
+    zpath, tsv = folder / "test.zip", folder / "test_labels.tsv"
+    rows = sorted(_read_tsv(tsv), key=lambda r: r["file"])
+    picked = [r for c in range(10) for r in [r for r in rows if int(r["label"]) == c][:per_class]]
+
+    def build() -> np.ndarray:
+        with zipfile.ZipFile(zpath) as z:
+            return decode_images([z.read(r["file"]) for r in picked], size=32, channels=3)
+
+    images = cached_array(f"cifar10_test_{per_class}_{file_fingerprint([zpath, tsv])}", build)
+    x = resize_images(images, image_size)
+    return TensorImageDataset(torch.stack([norm(im) for im in x]), [int(r["label"]) for r in picked])
 
 
 # -------------------------------------------------------------------------- digits

@@ -29,7 +29,8 @@ _PRESET_MODULES = (".presets", ".external")
 # Set by the caller of a preset (the runner: `seeds`, `data_root`), never by `stream.args`.
 RESERVED_ARGS = ("data_root", "seed")
 # Smallest allowed value of the protocol arguments the presets share.
-_MINIMUM = {"base_classes": 1, "ways": 1, "shots": 1, "base_shots": 1, "sessions": 0, "image_size": 1}
+_MINIMUM = {"base_classes": 1, "ways": 1, "shots": 1, "base_shots": 1, "sessions": 0, "image_size": 1,
+            "heldout_classes": 0, "heldout_per_class": 0}
 
 
 def register_stream(name: str) -> Callable[[StreamFactory], StreamFactory]:

@@ -122,3 +122,46 @@ def test_tiny_imagenet_protocol(data_root):
 def test_tiny_imagenet_missing_files_name_the_paths(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"data_root=.*missing .*train_150pc\.zip"):
         tiny_imagenet_fscil(tmp_path)
+
+
+def test_omniglot_heldout_pool_and_validation_protocol(data_root):
+    require_dataset(data_root, "omniglot")
+    bm = omniglot_fscil(data_root)
+    pool = bm.heldout
+    assert len(pool) == 100 * 20 and sorted(set(pool.targets)) == list(range(100))
+    # the pool is evaluation characters 100-199: none of them is a stream class
+    raw = np.load(data_root / "omniglot" / "images_evaluation.npz")["images"]
+    first = torch.from_numpy(~raw[100, 0]).float()[None, None]
+    expected = torch.nn.functional.interpolate(first, size=(28, 28), mode="area").mul(255).round().div(255)
+    assert torch.allclose(pool.data[0], expected[0], atol=1e-6), "normalised ink in [0, 1], ready to use"
+    assert omniglot_fscil(data_root, heldout_classes=0).heldout is None
+    with pytest.raises(ValueError, match=r"heldout_classes=600 but Omniglot has 659 evaluation characters"):
+        omniglot_fscil(data_root, heldout_classes=600)
+
+    val = omniglot_fscil(data_root, validation=True)
+    assert len(val.base_classes) == 864 and val.n_sessions == 11 and val.heldout is None
+    assert len(val.train_stream[0].dataset) == 864 * 10 and len(val.test_stream[0].dataset) == 864 * 5
+    assert val.class_order[864:874] == list(range(864, 874)), "novel classes are background characters"
+    # only training drawers (0-14): the test images of the real protocol (drawers 15-19) are never read
+    real = bm.test_stream[0].dataset
+    val_imgs = torch.stack([val.test_stream[0].dataset[i][0] for i in range(0, 4320, 431)])
+    real_imgs = torch.stack([real[i][0] for i in range(len(real))])
+    assert not any(torch.equal(v, r) for v in val_imgs for r in real_imgs[:2000])
+    with pytest.raises(ValueError, match=r"validation=True: sessions=10 x ways=10 = 100 novel classes must be fewer than base_classes=50"):
+        omniglot_fscil(data_root, validation=True, base_classes=50)
+
+
+def test_tiny_imagenet_heldout_is_cifar10_test_and_validation_uses_train_images(data_root):
+    require_dataset(data_root, "tiny_imagenet")
+    require_dataset(data_root, "cifar10_jpeg")
+    bm = tiny_imagenet_fscil(data_root, image_size=32, heldout_per_class=20)
+    pool = bm.heldout
+    assert len(pool) == 200 and pool.data.shape == (200, 3, 32, 32) and pool.data.dtype == torch.float32
+    assert np.bincount(pool.targets).tolist() == [20] * 10
+    assert abs(pool.data.mean().item()) < 1.0, "normalised with Tiny ImageNet statistics"
+    assert tiny_imagenet_fscil(data_root, image_size=32, heldout_per_class=0).heldout is None
+
+    val = tiny_imagenet_fscil(data_root, image_size=32, validation=True)
+    assert len(val.base_classes) == 50 and val.n_sessions == 6 and val.heldout is None
+    assert len(val.train_stream[0].dataset) == 50 * 100 and len(val.test_stream[0].dataset) == 50 * 50
+    assert val.class_order == list(range(100)), "only the real protocol's base classes"

@@ -173,7 +173,7 @@ def test_registry_errors():
 def test_unknown_column_and_bad_hyperparameter_values_fail_before_any_output(tmp_path):
     data = own_config(tmp_path)
     data["columns"] = {"nope": {}}
-    with pytest.raises(ConfigError, match=r"columns.nope: unknown column; allowed: seen_classes_everywhere"):
+    with pytest.raises(ConfigError, match=r"columns.nope: unknown column; allowed: heldout_fewshot, seen_classes_everywhere"):
         run_benchmark(config_from_dict(data), progress=False)
     data = own_config(tmp_path)
     data.update(strategies=["replay"], strategy_args={"replay": {"mem_per_class": 0}})

@@ -1,0 +1,415 @@
+"""Fast/slow weights with two-step consolidation (FSCL; Wang, Li, Zhong, Zhu 2021,
+"Few-shot Continual Learning: a Brain-inspired Approach", arXiv 2104.09034).
+
+The paper's equations are not public; this module follows its description and fills the
+rest in. What comes from where:
+
+* [paper] Two sets of weights: *fast* weights learn the sequence of few-shot sessions
+  without forgetting, *slow* weights learn to generalise from few shots; they are updated
+  interdependently; a two-step consolidation: step 1 consolidates the fast weights (no
+  forgetting), step 2 the slow weights (better generalisation, no overfitting).
+* [ours] Slow weights ``phi`` = the parameters selected by ``slow`` (default: the backbone)
+  and the buffers of their modules, kept by this plugin. Fast weights ``theta`` = the
+  model's live parameters, trained by the host strategy's optimizer.
+* [ours] Meta-learning of ``phi`` at the end of the base session: first-order episodic
+  training (FOMAML with a cosine-prototype head; ``meta_inner_steps=0`` is ProtoNet;
+  ``first_order=False`` backpropagates through the inner steps) on N-way K-shot episodes
+  of the base classes. ``theta`` starts from ``phi``: the model keeps the meta-learned
+  weights.
+* [ours] The classifier (with step 1, or after meta-learning) is a cosine prototype
+  classifier: at the end of every session the rows of its classes are set to the
+  normalised mean features of their training samples (the base classes' too: trained
+  cosine rows align far less with features than prototypes, so new prototype rows would
+  capture the base classes' samples).
+* [ours] Step 1, fast consolidation, in every incremental session: the quadratic penalty
+  ``fast_strength * sum_i W_i (theta_i - theta*_i)^2`` over every parameter but the
+  classifier rows, where ``theta*`` are the fast weights after the previous session and
+  ``W`` the accumulated importance (``"fisher"``, ``"mas"`` or ``"si"``, normalised to mean 1
+  after each session). It is applied as its proximal (implicit) step after every optimizer
+  step, ``theta <- theta* + (theta - theta*) / (1 + 2 lr fast_strength W)``, the exact
+  minimiser of the penalty plus a step's distance: stable for any strength, whereas an
+  explicit gradient step of the penalty diverges once ``lr * fast_strength * W > 1`` (as
+  EWC's does with plain SGD); old classes' classifier rows stay fixed (restored after every
+  optimizer step, weight decay included), new classes' rows start at their prototypes
+  and are reset to the prototypes of the trained features when the session ends (5 shots
+  over-fit a trained row, which then captures old classes' samples), and BatchNorm layers
+  keep their running statistics (eval mode: 50 samples cannot
+  re-estimate them, and the shift would move every old class's features).
+* [ours] Step 2, slow consolidation, after every incremental session:
+  ``phi <- phi + slow_step * (theta - phi) / (1 + slow_strength * W_phi)`` (a Reptile-style
+  step toward the consolidated fast weights, damped element-wise where the slow weights
+  are important, so a 5-shot session cannot drag them).
+* [ours] Few-shot generalisation is read from ``phi``: :meth:`slow_weights` swaps them
+  into the model; the ``heldout_fewshot`` evaluation column uses it.
+
+With ``fast_strength=0``, ``slow_step=0`` and ``meta=False`` the plugin does not touch
+training: the host strategy trains exactly as without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
+from torch import Tensor, nn
+
+from ..streams.episodes import few_shot_episodes
+from ._features import class_mean_features, eval_mode
+from ._importance import IMPORTANCE_ESTIMATORS, PathIntegral, dataset_importance
+from ._session import training_session
+
+__all__ = ["FastSlowConsolidationPlugin"]
+
+_STATE_VERSION = 1
+_HEAD = ("weight", "bias")  # FSCILNet's classifier rows: never consolidated by the penalty
+SlowFilter = str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None
+
+
+class _Features(nn.Module):
+    """``model.features`` as a module, so ``torch.func.functional_call`` can swap its weights."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.m = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.m.features(x)
+
+
+class FastSlowConsolidationPlugin(SupervisedPlugin):
+    """Fast/slow weights with two-step consolidation, for any Avalanche supervised strategy.
+
+    Needs an :class:`~avalanche_fscl.models.FSCILNet`-like model (``features(x)``, a cosine
+    or linear classifier ``weight`` with one row per class, ``set_class_weights``) and FSCIL
+    experiences (``current_experience`` = session, ``classes_in_this_experience``).
+
+    Args:
+        slow: which parameters have slow weights: a module-name prefix (``"backbone"``), a
+            list of prefixes, a predicate ``(name, param) -> bool``, or ``None`` (no slow
+            weights: "fast only").
+        fast_strength: step 1 strength (>= 0; dimensionless, importance normalised to mean
+            1); 0 disables step 1 (no penalty, classifier rows left to the strategy).
+        slow_step: step 2 step size ``beta`` in ``[0, 1]``; 0 disables step 2.
+        slow_strength: step 2 damping ``gamma`` (>= 0) by the slow weights' importance.
+        importance: ``"fisher"``, ``"mas"`` or ``"si"`` (SI needs every session trained in the
+            loop: a base session loaded from a cache has no path to integrate).
+        meta: meta-learn the slow weights at the end of the base session.
+        meta_episodes: number of episodes (>= 1). meta_ways, meta_shots, meta_queries: N-way
+            K-shot tasks with Q queries per class. meta_inner_steps: inner SGD steps on the
+            support set (0: ProtoNet). meta_inner_lr, meta_lr: inner and outer learning rates
+            (outer: SGD, momentum 0.9, cosine decay over the episodes).
+        first_order: ignore second derivatives through the inner steps (FOMAML).
+        meta_scale: temperature of the cosine-prototype logits in episodes.
+        batch_size: batch size of feature and importance passes.
+        seed: seeds the meta-learning episodes (the same episodes after a resume).
+
+    Raises:
+        ValueError: an unknown ``importance``, a negative strength, a step outside
+            ``[0, 1]``, non-positive meta settings, a ``slow`` filter that selects no
+            parameter, or a model without the expected parts (at the first training call).
+    """
+
+    def __init__(
+        self,
+        slow: SlowFilter = "backbone",
+        fast_strength: float = 100.0,
+        slow_step: float = 0.1,
+        slow_strength: float = 1.0,
+        importance: str = "fisher",
+        meta: bool = True,
+        meta_episodes: int = 200,
+        meta_ways: int = 20,
+        meta_shots: int = 5,
+        meta_queries: int = 5,
+        meta_inner_steps: int = 1,
+        meta_inner_lr: float = 0.05,
+        meta_lr: float = 0.01,
+        first_order: bool = True,
+        meta_scale: float = 10.0,
+        batch_size: int = 256,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if importance not in IMPORTANCE_ESTIMATORS:
+            raise ValueError(f"importance={importance!r}: allowed {', '.join(IMPORTANCE_ESTIMATORS)}")
+        for name, v in [("fast_strength", fast_strength), ("slow_strength", slow_strength),
+                        ("meta_inner_lr", meta_inner_lr), ("meta_inner_steps", meta_inner_steps)]:
+            if not (isinstance(v, (int, float)) and v >= 0):
+                raise ValueError(f"{name} must be >= 0, got {v!r}")
+        if not (isinstance(slow_step, (int, float)) and 0 <= slow_step <= 1):
+            raise ValueError(f"slow_step must be in [0, 1], got {slow_step!r}")
+        for name, v in [("meta_episodes", meta_episodes), ("meta_ways", meta_ways), ("meta_shots", meta_shots),
+                        ("meta_queries", meta_queries), ("batch_size", batch_size)]:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        for name, v in [("meta_lr", meta_lr), ("meta_scale", meta_scale)]:
+            if not (isinstance(v, (int, float)) and v > 0):
+                raise ValueError(f"{name} must be > 0, got {v!r}")
+        if slow is None and (meta or slow_step > 0):
+            raise ValueError("slow=None (no slow weights) needs meta=False and slow_step=0")
+        if isinstance(slow, str):
+            slow = (slow,)
+        self.slow_filter = slow
+        self.fast_strength, self.slow_step, self.slow_strength = float(fast_strength), float(slow_step), float(slow_strength)
+        self.importance = importance
+        self.meta = meta
+        self.meta_episodes, self.meta_ways, self.meta_shots, self.meta_queries = meta_episodes, meta_ways, meta_shots, meta_queries
+        self.meta_inner_steps, self.meta_inner_lr, self.meta_lr = int(meta_inner_steps), float(meta_inner_lr), float(meta_lr)
+        self.first_order, self.meta_scale = first_order, float(meta_scale)
+        self.batch_size, self.seed = batch_size, int(seed)
+
+        self.slow_names: list[str] | None = None  # parameters with slow weights
+        self.slow: dict[str, Tensor] = {}  # phi: parameters and buffers
+        self.anchor: dict[str, Tensor] = {}  # theta*: fast weights after the last session
+        self.omega: dict[str, Tensor] = {}  # accumulated importance (mean 1)
+        self.sessions = 0  # sessions consolidated
+        self._old_rows: tuple[Tensor, Tensor] | None = None
+        self._si = PathIntegral()
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def _step1(self) -> bool:
+        return self.fast_strength > 0
+
+    def _check_model(self, model: nn.Module) -> None:
+        missing = [a for a in ("features", "set_class_weights", "weight") if not hasattr(model, a)]
+        if missing:
+            raise ValueError(
+                f"FastSlowConsolidationPlugin needs an FSCILNet-like model (features, weight, "
+                f"set_class_weights); model {type(model).__name__} lacks {', '.join(missing)}"
+            )
+        if self.slow_names is None:
+            names = [n for n, p in model.named_parameters() if self._is_slow(n, p)]
+            if self.slow_filter is not None and not names:
+                raise ValueError(
+                    f"slow={self.slow_filter!r} selects no parameter of {type(model).__name__}; "
+                    f"its parameters start with {sorted({n.split('.')[0] for n, _ in model.named_parameters()})}"
+                )
+            self.slow_names = names
+
+    def _is_slow(self, name: str, param: nn.Parameter) -> bool:
+        f = self.slow_filter
+        if f is None:
+            return False
+        if callable(f):
+            return bool(f(name, param))
+        return any(name == p or name.startswith(p + ".") for p in f)
+
+    def _slow_keys(self, model: nn.Module) -> list[str]:
+        """Slow parameter names plus the buffers of the modules that own them."""
+        owners = {n.rsplit(".", 1)[0] if "." in n else "" for n in self.slow_names or []}
+        buffers = [n for n, _ in model.named_buffers() if (n.rsplit(".", 1)[0] if "." in n else "") in owners]
+        return [*(self.slow_names or []), *buffers]
+
+    def _consolidated(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """Parameters step 1 penalises: all but the classifier rows."""
+        return {n: p for n, p in model.named_parameters() if n not in _HEAD}
+
+    @contextlib.contextmanager
+    def slow_weights(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Temporarily load the slow weights into ``model`` (restored on exit).
+
+        Without slow weights (``slow=None`` or before the base session ends) the model is
+        used as it is.
+        """
+        if not self.slow:
+            yield model
+            return
+        state = dict(model.state_dict(keep_vars=True))
+        saved = {k: state[k].detach().clone() for k in self.slow}
+        try:
+            with torch.no_grad():
+                for k, v in self.slow.items():
+                    state[k].copy_(v.to(state[k].device))
+            yield model
+        finally:
+            with torch.no_grad():
+                for k, v in saved.items():
+                    state[k].copy_(v)
+
+    # ---------------------------------------------------------------- callbacks
+    def before_training(self, strategy, *args, **kwargs):
+        self._check_model(strategy.model)
+
+    def before_training_exp(self, strategy, *args, **kwargs):
+        s = training_session(strategy)
+        model = strategy.model
+        self._old_rows = None
+        if s > 0 and self._step1:
+            exp = strategy.experience
+            new = sorted(int(c) for c in exp.classes_in_this_experience)
+            seen = sorted(int(c) for c in exp.classes_seen_so_far)
+            old = [c for c in seen if c not in new]
+            self._set_prototype_rows(model, exp.dataset.eval(), new, strategy.device)
+            if old:
+                idx = torch.tensor(old, device=model.weight.device)
+                self._old_rows = (idx, model.weight.detach()[idx].clone())
+        if self.importance == "si" and self._active(s):
+            self._si.start(self._consolidated(model))
+
+    def before_training_epoch(self, strategy, *args, **kwargs):
+        self._freeze_norm_stats(strategy)
+
+    def before_training_iteration(self, strategy, *args, **kwargs):
+        self._freeze_norm_stats(strategy)
+
+    def _freeze_norm_stats(self, strategy) -> None:
+        if training_session(strategy) > 0 and self._step1:
+            for m in strategy.model.modules():
+                if isinstance(m, nn.modules.batchnorm._NormBase):
+                    m.eval()
+
+    def before_update(self, strategy, *args, **kwargs):
+        if self.importance == "si" and self._active(training_session(strategy)):
+            self._si.step_before(self._consolidated(strategy.model))
+
+    def after_update(self, strategy, *args, **kwargs):
+        if training_session(strategy) > 0 and self._step1 and self.anchor:
+            self._proximal_step(strategy)
+        if self._old_rows is not None:
+            idx, rows = self._old_rows
+            with torch.no_grad():
+                strategy.model.weight[idx] = rows
+        if self.importance == "si" and self._active(training_session(strategy)):
+            self._si.step_after(self._consolidated(strategy.model))
+
+    def after_training_exp(self, strategy, *args, **kwargs):
+        s = training_session(strategy)
+        model, exp = strategy.model, strategy.experience
+        classes = sorted(int(c) for c in exp.classes_in_this_experience)
+        if s == 0 and self.meta:
+            self._meta_learn(model, exp, strategy.device)
+        if self._step1 or (s == 0 and self.meta):  # a prototype classifier (the features changed)
+            self._set_prototype_rows(model, exp.dataset.eval(), classes, strategy.device)
+        if self._active(s):
+            self._update_importance(strategy, exp)
+            self.anchor = {n: p.detach().clone() for n, p in self._consolidated(model).items()}
+        if self.slow_filter is not None:
+            keys = self._slow_keys(model)
+            state = model.state_dict()
+            if s == 0 or not self.slow:
+                self.slow = {k: state[k].detach().clone() for k in keys}
+            elif self.slow_step > 0:
+                self._consolidate_slow(state)
+        self._old_rows = None
+        self.sessions = s + 1
+
+    # ------------------------------------------------------------ the two steps
+    def _active(self, session: int) -> bool:
+        """Importance is needed by step 1 (any session) or step 2's damping."""
+        return self._step1 or (self.slow_step > 0 and self.slow_strength > 0)
+
+    def _update_importance(self, strategy, exp) -> None:
+        model = strategy.model
+        params = self._consolidated(model)
+        if self.importance == "si":
+            new = self._si.finish(params)
+        else:
+            new = dataset_importance(self.importance, model, exp.dataset.eval(), list(params),
+                                     self.batch_size, strategy.device)
+        total = {n: self.omega.get(n, torch.zeros_like(v)).to(v.device) + v for n, v in new.items()}
+        mean = torch.cat([v.flatten() for v in total.values()]).mean().clamp_min(1e-12)
+        self.omega = {n: (v / mean).detach() for n, v in total.items()}
+
+    @torch.no_grad()
+    def _proximal_step(self, strategy) -> None:
+        """Step 1: ``theta <- theta* + (theta - theta*) / (1 + 2 lr lambda W)`` per parameter."""
+        lrs = {id(p): g["lr"] for g in strategy.optimizer.param_groups for p in g["params"]}
+        for n, p in self._consolidated(strategy.model).items():
+            lr = lrs.get(id(p))
+            if lr is None or n not in self.anchor:
+                continue
+            a, w = self.anchor[n].to(p.device), self.omega[n].to(p.device)
+            p.copy_(a + (p - a) / (1.0 + 2.0 * lr * self.fast_strength * w))
+
+    @torch.no_grad()
+    def _consolidate_slow(self, state: dict[str, Tensor]) -> None:
+        """Step 2: ``phi <- phi + beta (theta - phi) / (1 + gamma W_phi)``."""
+        for k, phi in self.slow.items():
+            theta = state[k].detach().to(phi.device)
+            if not phi.is_floating_point():
+                phi.copy_(theta)  # counters (BatchNorm's num_batches_tracked)
+                continue
+            step = self.slow_step * (theta - phi)
+            if k in self.omega:
+                step = step / (1.0 + self.slow_strength * self.omega[k].to(phi.device))
+            phi.add_(step)
+
+    def _set_prototype_rows(self, model: nn.Module, dataset, classes: list[int], device) -> None:
+        means = class_mean_features(model, dataset, classes, self.batch_size, device)
+        model.set_class_weights(classes, F.normalize(means, dim=1))
+
+    # ------------------------------------------------------------ meta-learning
+    def _meta_learn(self, model: nn.Module, exp, device) -> None:
+        """First-order episodic meta-learning of the slow parameters on the base classes."""
+        classes = sorted(int(c) for c in exp.classes_in_this_experience)
+        ways = min(self.meta_ways, len(classes))
+        episodes = few_shot_episodes(exp.dataset.train(), ways, self.meta_shots, self.meta_queries,
+                                     self.meta_episodes, seed=self.seed, classes=classes)
+        names = list(self.slow_names or [])
+        params = dict(model.named_parameters())
+        slow = [params[n] for n in names]
+        frozen = {n: p.requires_grad for n, p in params.items()}
+        for n, p in params.items():
+            p.requires_grad_(n in names)
+        net = _Features(model)
+        opt = torch.optim.SGD(slow, lr=self.meta_lr, momentum=0.9)
+        n_ep = len(episodes)
+        was_training = model.training
+        model.train()
+        try:
+            for i, ep in enumerate(episodes):
+                for g in opt.param_groups:
+                    g["lr"] = 0.5 * self.meta_lr * (1 + math.cos(math.pi * i / n_ep))
+                sx, sy = ep.support_x.to(device), ep.support_y.to(device)
+                qx, qy = ep.query_x.to(device), ep.query_y.to(device)
+                fast = {f"m.{n}": p for n, p in zip(names, slow)}
+                for _ in range(self.meta_inner_steps):
+                    loss = self._episode_loss(net, fast, sx, sy, sx, sy, ways)
+                    grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not self.first_order)
+                    fast = {k: w - self.meta_inner_lr * (g.detach() if self.first_order else g)
+                            for (k, w), g in zip(fast.items(), grads)}
+                loss = self._episode_loss(net, fast, sx, sy, qx, qy, ways)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        finally:
+            model.train(was_training)
+            for n, p in params.items():
+                p.requires_grad_(frozen[n])
+                p.grad = None
+
+    def _episode_loss(self, net: _Features, weights: dict[str, Tensor], sx: Tensor, sy: Tensor,
+                      qx: Tensor, qy: Tensor, ways: int) -> Tensor:
+        """Cross-entropy of the queries under cosine logits to the support prototypes."""
+        feats = torch.func.functional_call(net, weights, (torch.cat([sx, qx]) if qx is not sx else sx,), strict=False)
+        fs, fq = (feats[: len(sx)], feats[len(sx):]) if qx is not sx else (feats, feats)
+        protos = torch.zeros(ways, fs.shape[1], device=fs.device, dtype=fs.dtype).index_add_(0, sy, fs)
+        logits = self.meta_scale * F.normalize(fq, dim=1) @ F.normalize(protos, dim=1).T
+        return F.cross_entropy(logits, qy)
+
+    # -------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Slow weights, anchors, importance and the session count (CPU tensors)."""
+        cpu = lambda d: {k: v.detach().cpu().clone() for k, v in d.items()}  # noqa: E731
+        return {
+            "version": _STATE_VERSION,
+            "slow_names": None if self.slow_names is None else list(self.slow_names),
+            "slow": cpu(self.slow), "anchor": cpu(self.anchor), "omega": cpu(self.omega),
+            "sessions": self.sessions,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unsupported FastSlowConsolidationPlugin state version {state.get('version')!r}")
+        names = state["slow_names"]
+        self.slow_names = None if names is None else list(names)
+        self.slow = {k: v.clone() for k, v in state["slow"].items()}
+        self.anchor = {k: v.clone() for k, v in state["anchor"].items()}
+        self.omega = {k: v.clone() for k, v in state["omega"].items()}
+        self.sessions = int(state["sessions"])

@@ -1,0 +1,93 @@
+"""``fscl``: fast/slow weights with two-step consolidation, and its ablations.
+
+The method lives in :class:`~avalanche_fscl.plugins.FastSlowConsolidationPlugin` (its
+docstring says which parts follow the paper and which are this project's). The strategy
+runs it on the run's :class:`~avalanche_fscl.models.FSCILNet` with the shared base session
+(meta-learning happens at the end of session 0, after the standard training the baselines
+share, so it is counted in ``fscl``'s base-session time).
+
+Ablations, each a registered strategy (the hyper-parameters they fix are given; the rest
+are ``fscl``'s and can be set in ``strategy_args``):
+
+==================  ==================================================  =====================
+strategy            what is removed                                     fixed arguments
+==================  ==================================================  =====================
+``fscl_no_step1``   fast consolidation (penalty, fixed old rows,        ``fast_strength=0``
+                    prototype-initialised new rows)
+``fscl_no_step2``   slow consolidation                                  ``slow_step=0``
+``fscl_fast_only``  slow weights (and so meta-learning and step 2)      ``slow=None, meta=False, slow_step=0``
+``fscl_slow_only``  fast learning: no gradient step after session 0     ``epochs=0``
+``fscl_no_meta``    meta-learning of the slow weights                   ``meta=False``
+==================  ==================================================  =====================
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from avalanche.core import SupervisedPlugin
+
+from ..plugins import FastSlowConsolidationPlugin
+from .registry import register_strategy
+from .spec import StrategyContext, StrategySpec
+from .template import SessionSchedule
+
+__all__ = ["FSCL"]
+
+
+@register_strategy("fscl")
+class FSCL(StrategySpec):
+    """Fast/slow weights with two-step consolidation (FSCL, Wang et al. 2021; design partly ours).
+
+    Arguments are :class:`~avalanche_fscl.plugins.FastSlowConsolidationPlugin`'s, plus
+    ``epochs`` (incremental sessions' epochs; default: the run's ``novel_epochs``).
+    """
+
+    def __init__(self, fast_strength: float = 100.0, slow_step: float = 0.1, slow_strength: float = 1.0,
+                 importance: str = "fisher", meta: bool = True, meta_episodes: int = 200,
+                 meta_ways: int = 20, meta_shots: int = 5, meta_queries: int = 5,
+                 meta_inner_steps: int = 1, meta_inner_lr: float = 0.05, meta_lr: float = 0.01,
+                 first_order: bool = True, slow: str | None = "backbone", epochs: int | None = None,
+                 seed: int = 0):
+        super().__init__()
+        if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0):
+            raise ValueError(f"epochs must be an integer >= 0 or None, got {epochs!r}")
+        self.epochs = epochs
+        self.plugin_args = dict(
+            slow=slow, fast_strength=fast_strength, slow_step=slow_step, slow_strength=slow_strength,
+            importance=importance, meta=meta, meta_episodes=meta_episodes, meta_ways=meta_ways,
+            meta_shots=meta_shots, meta_queries=meta_queries, meta_inner_steps=meta_inner_steps,
+            meta_inner_lr=meta_inner_lr, meta_lr=meta_lr, first_order=first_order, seed=seed,
+        )
+        FastSlowConsolidationPlugin(**self.plugin_args)  # bad values fail here, before any output
+
+    def plugins(self, ctx: StrategyContext) -> list[SupervisedPlugin]:
+        return [FastSlowConsolidationPlugin(**self.plugin_args)]
+
+    def schedule(self, base: SessionSchedule) -> SessionSchedule:
+        return base.replace(novel_epochs=self.epochs)
+
+    def base_session_key(self, ctx: StrategyContext) -> dict[str, Any] | None:
+        # SI integrates the training path: a base session loaded from the cache has none
+        return None if self.plugin_args["importance"] == "si" else super().base_session_key(ctx)
+
+
+def _variant(name: str, summary: str, **fixed: Any) -> type[FSCL]:
+    """Register ``FSCL`` with some arguments fixed (they leave the hyper-parameter list)."""
+
+    def __init__(self, **kwargs: Any):
+        FSCL.__init__(self, **{**kwargs, **fixed})
+
+    sig = inspect.signature(FSCL.__init__)
+    __init__.__signature__ = sig.replace(parameters=[p for n, p in sig.parameters.items() if n not in fixed])
+    cls = type(name, (FSCL,), {"__init__": __init__, "__doc__": f"{summary}\n\nFixed: {fixed}."})
+    return register_strategy(name)(cls)
+
+
+_variant("fscl_no_step1", "FSCL ablation: no fast consolidation (step 1).", fast_strength=0.0)
+_variant("fscl_no_step2", "FSCL ablation: no slow consolidation (step 2).", slow_step=0.0)
+_variant("fscl_fast_only", "FSCL ablation: fast weights only (no slow weights, meta-learning or step 2).",
+         slow=None, meta=False, slow_step=0.0)
+_variant("fscl_slow_only", "FSCL ablation: slow weights only (no gradient step after the base session).", epochs=0)
+_variant("fscl_no_meta", "FSCL ablation: no meta-learning of the slow weights.", meta=False)
