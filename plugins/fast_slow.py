@@ -24,8 +24,10 @@ rest in. What comes from where:
 * [ours] Step 1, fast consolidation, in every incremental session: the quadratic penalty
   ``fast_strength * sum_i W_i (theta_i - theta*_i)^2`` over every parameter but the
   classifier rows, where ``theta*`` are the fast weights after the previous session and
-  ``W`` the accumulated importance (``"fisher"``, ``"mas"`` or ``"si"``, normalised to mean 1
-  after each session). It is applied as its proximal (implicit) step after every optimizer
+  ``W = 1 + I``: ``I`` is the accumulated importance (``"fisher"``, ``"mas"`` or ``"si"``,
+  normalised to mean 1 after each session) and the 1 a plain L2 anchor for every weight
+  (importance alone leaves the many weights it rates near 0 free, and their drift over ten
+  sessions destroyed the base classes on Omniglot's validation protocol). It is applied as its proximal (implicit) step after every optimizer
   step, ``theta <- theta* + (theta - theta*) / (1 + 2 lr fast_strength W)``, the exact
   minimiser of the penalty plus a step's distance: stable for any strength, whereas an
   explicit gradient step of the penalty diverges once ``lr * fast_strength * W > 1`` (as
@@ -116,7 +118,7 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
     def __init__(
         self,
         slow: SlowFilter = "backbone",
-        fast_strength: float = 100.0,
+        fast_strength: float = 1000.0,
         slow_step: float = 0.1,
         slow_strength: float = 1.0,
         importance: str = "fisher",
@@ -324,7 +326,7 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
             if lr is None or n not in self.anchor:
                 continue
             a, w = self.anchor[n].to(p.device), self.omega[n].to(p.device)
-            p.copy_(a + (p - a) / (1.0 + 2.0 * lr * self.fast_strength * w))
+            p.copy_(a + (p - a) / (1.0 + 2.0 * lr * self.fast_strength * (1.0 + w)))
 
     @torch.no_grad()
     def _consolidate_slow(self, state: dict[str, Tensor]) -> None:

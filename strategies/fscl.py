@@ -44,7 +44,7 @@ class FSCL(StrategySpec):
     ``epochs`` (incremental sessions' epochs; default: the run's ``novel_epochs``).
     """
 
-    def __init__(self, fast_strength: float = 100.0, slow_step: float = 0.1, slow_strength: float = 1.0,
+    def __init__(self, fast_strength: float = 1000.0, slow_step: float = 0.1, slow_strength: float = 1.0,
                  importance: str = "fisher", meta: bool = True, meta_episodes: int = 200,
                  meta_ways: int = 20, meta_shots: int = 5, meta_queries: int = 5,
                  meta_inner_steps: int = 1, meta_inner_lr: float = 0.05, meta_lr: float = 0.01,

@@ -140,6 +140,7 @@ def omniglot_fscil(
     ways: int = 10,
     shots: int = 5,
     image_size: int = 28,
+    base_shots: int | None = None,
     heldout_classes: int | None = None,
     validation: bool = False,
     seed: int = 0,
@@ -152,6 +153,10 @@ def omniglot_fscil(
     ``sessions * ways`` evaluation characters in label order (character id order); the
     shots are drawn by ``seed`` from drawers 0-14, test on drawers 15-19. ``base_classes``
     below 964 keeps the first background characters (quick runs).
+
+    ``base_shots``: training images per base class (drawn by ``seed``; default all 15): with
+    ``base_shots=shots`` every session is few-shot, the paper-style sequence of few-shot
+    tasks.
 
     Images: ``1 x image_size x image_size`` (default 28), area-downsampled from 105x105,
     ink = 1 and paper = 0 (values in [0, 1], no mean/std normalisation), no augmentation.
@@ -217,7 +222,7 @@ def omniglot_fscil(
 
     return fscil_benchmark(
         train, test, base_classes=base_classes, ways=ways, shots=shots, sessions=sessions,
-        seed=seed, class_names=class_names, eval_transform=tf, heldout=heldout,
+        seed=seed, class_names=class_names, eval_transform=tf, heldout=heldout, base_shots=base_shots,
     )
 
 

@@ -106,3 +106,42 @@ def test_config_errors_come_before_avalanche_is_imported(tmp_path):
     assert (rc, imported) == ("2", "False"), res.stderr
     assert res.stderr.strip().splitlines() == [
         "avalanche-fscl: error: stream.args.image_size: expected int, got 'abc' (str)"]
+
+
+def test_cli_flags_override_the_shipped_config(tmp_path):
+    from avalanche_fscl.benchmarks.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args([
+        "run", "--stream", "omniglot_fscil", "--strategy", "finetune", "--strategy", "prototype",
+        "--seeds", "3", "4", "--device", "cpu", "--wandb", "offline", "--wandb-project", "p",
+        "--set", "train.base_epochs=2", "--output", str(tmp_path / "o"), "--base-cache", "refresh",
+    ])
+    cfg = config_from_args(args)
+    assert cfg.stream.name == "omniglot_fscil" and cfg.model.backbone == "conv4"
+    assert cfg.strategies == ["finetune", "prototype"] and cfg.seeds == [3, 4]
+    assert cfg.train.base_epochs == 2 and cfg.train.novel_epochs == 20
+    assert cfg.wandb.mode == "offline" and cfg.wandb.project == "p" and cfg.base_cache == "refresh"
+
+
+def test_list_names_streams_strategies_backbones_and_configs(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ["digits_fscil", "tiny_imagenet_fscil", "finetune", "prototype", "joint", "conv4",
+                 "resnet12", "omniglot_fscil", "fscl", "fscl_no_step1", "omniglot_tasks"]:
+        assert name in out
+    assert out.index("strategies:") < out.index("backbones:") < out.index("configs:")
+
+
+def test_every_shipped_config_is_valid():
+    from avalanche_fscl.benchmarks.config import CONFIG_DIR, load_config
+    from avalanche_fscl.benchmarks.runner import check_config
+
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    assert names == ["cifar100_fscil", "cub200_fscil", "digits_fscil", "mini_imagenet_fscil",
+                     "omniglot_fscil", "omniglot_tasks", "tiny_imagenet_fscil"]
+    for name in names:
+        cfg = load_config(name)
+        if cfg.device.startswith("cuda"):
+            cfg.device = "cpu"  # the GPU configs are checked here as CPU ones
+        check_config(cfg)
+        assert cfg.stream.name == (name if name != "omniglot_tasks" else "omniglot_fscil")

@@ -214,3 +214,18 @@ def test_bad_filter_and_model(scenario):
                      plugins=[FastSlowConsolidationPlugin()])
     with pytest.raises(ValueError, match=r"needs an FSCILNet-like model .* lacks features, set_class_weights, weight"):
         strategy.train(scenario.train_stream[0])
+
+
+@pytest.mark.cuda
+def test_on_cuda(scenario):
+    plugin = FastSlowConsolidationPlugin(fast_strength=100, slow_step=0.2, **META)
+    model = make_model(0, head="cosine")
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=16,
+                     train_epochs=4, eval_mb_size=64, device="cuda", plugins=[plugin],
+                     evaluator=make_strategy(make_model(), []).evaluator)
+    for s in range(3):
+        train_session(strategy, scenario, s)
+    assert next(model.parameters()).is_cuda and all(v.is_cuda for v in plugin.omega.values())
+    assert base_accuracy(model.cpu(), scenario) > 0.8
+    state = roundtrip(plugin.state_dict())
+    assert all(not v.is_cuda for v in state["slow"].values())

@@ -375,7 +375,7 @@ def test_text_and_interactive_loggers(scenario, capsys):
     assert "FSCIL/session_acc = 0.5294" in out and "FSCIL/table = FSCILTable(" in out
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda(scenario):
     m = FSCILMetric()
     strategy = _strategy([m], device="cuda")
