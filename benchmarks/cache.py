@@ -6,8 +6,11 @@ it. The key holds the stream and its arguments, the data folder, the seed, the d
 the strategy's own key (model, base schedule, optimizer settings, custom pieces), the
 versions of torch, torchvision, avalanche-lib and numpy, and a hash of the **source code**
 that produced the weights: this package's ``models`` and ``streams`` modules, the training
-template and the strategy's own module(s). Editing a backbone, a transform or the template
-gives a new key: a stale model is never reused.
+template and, for a strategy that trains session 0 itself (a custom model, optimizer or
+``fit_base_session``), the strategy's own module(s). Editing a backbone, a transform or the
+template gives a new key: a stale model is never reused. Plugins must not change session-0
+training unless their strategy's ``base_session_key`` says so (the baselines' and FSCL's do
+not: FSCL meta-learns after the shared weights are captured).
 """
 
 from __future__ import annotations

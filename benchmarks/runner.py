@@ -194,7 +194,10 @@ class _Run:
             "stream": cfg.stream.name, "stream_args": cfg.stream.args,
             "data_root": str(Path(cfg.data_root).resolve()) if cfg.data_root else None,
             "seed": self.seed, "device_type": torch.device(cfg.device).type,
-            "strategy": own, "code": code_fingerprint(self.spec), "versions": package_versions(),
+            # the spec's own source counts only when it trains session 0 itself (its key says
+            # "custom"); plugin-only strategies share the baselines' base session
+            "strategy": own, "code": code_fingerprint(*([self.spec] if "custom" in own else [])),
+            "versions": package_versions(),
         }
         return BaseSessionCache(self.suite.base_dir, key, cfg.base_cache, label=f"{cfg.stream.name}-seed{self.seed}")
 

@@ -43,7 +43,9 @@ weights and the loop runs 0 epochs; otherwise ``fit_base_session`` runs, then th
 trains ``schedule.base_epochs`` epochs (set them to 0 in :meth:`StrategySpec.schedule` when
 ``fit_base_session`` does all the training) and the weights at the end of those epochs,
 before any plugin's ``after_training_exp``, are cached. Plugins' callbacks run in every
-session, cached or not.
+session, cached or not; a strategy whose plugins change session 0's *training* (not what
+happens after it) must say so in ``base_session_key`` (e.g. add its name), or it would share
+the baselines' cached weights.
 
 Resume: after every session the runner saves the model's and optimizer's ``state_dict``,
 every plugin's ``state_dict()`` and the evaluation so far; a killed run continues from

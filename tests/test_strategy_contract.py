@@ -211,3 +211,12 @@ def test_balanced_batches_only_in_incremental_sessions():
     share = {b: sum(y in novel for y in c[1]) / len(c[1]) for b, c in counts.items()}
     # session 1 holds all base samples (~500) + 10 novel shots: 2% unbalanced, 2 of 6 classes balanced
     assert share[False] < 0.05 and share[True] > 0.2, share
+
+
+def test_a_plugin_only_method_shares_the_baselines_base_session(tmp_path):
+    data = own_config(tmp_path)
+    data.update(strategies=["finetune", "fscl_no_meta"], columns={}, wandb={"mode": "off"})
+    res = run_benchmark(config_from_dict(data), progress=False, log=lambda s: None)
+    info = {r["strategy"]: r["base_session"] for r in res["runs"]}
+    assert info["finetune"]["source"] == "trained" and info["fscl_no_meta"]["source"] == "cache"
+    assert info["finetune"]["key"] == info["fscl_no_meta"]["key"]
