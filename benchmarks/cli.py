@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume = bool(args.resume)
         cfg = _resume_config(args) if resume else config_from_args(args)
         check_light(cfg)  # before Avalanche is imported: answers in about a second
-        from .runner import BenchmarkError, run_benchmark
+        from .runner import run_benchmark
 
         run_benchmark(cfg, resume=resume, command=command, progress=not args.no_progress)
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ from test_baseline_plugins import (
     N_CLASSES,
     Scale,
     ScaleNoise,
+    _one_thread,  # noqa: F401  (autouse fixture: one intra-op thread for these tiny tensors)
     make_model,
     make_scenario,
     make_strategy,
@@ -27,14 +28,6 @@ from test_baseline_plugins import (
 pytestmark = pytest.mark.filterwarnings("ignore:No loggers specified:UserWarning")
 
 META = dict(meta_episodes=30, meta_ways=4, meta_shots=3, meta_queries=3, meta_lr=0.01)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
