@@ -60,7 +60,7 @@ from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 
 from ..streams.episodes import few_shot_episodes
-from ._features import class_mean_features, eval_mode
+from ._features import class_mean_features
 from ._importance import IMPORTANCE_ESTIMATORS, PathIntegral, dataset_importance
 from ._session import training_session
 

@@ -12,7 +12,6 @@ from avalanche_fscl.plugins import FastSlowConsolidationPlugin
 from avalanche_fscl.streams import TensorImageDataset, fscil_benchmark
 from test_baseline_plugins import (
     BASE,
-    MLP,
     N_CLASSES,
     Scale,
     ScaleNoise,

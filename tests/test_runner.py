@@ -247,7 +247,7 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "Traceback" not in err
-    assert f"interrupted: replay/seed0 stopped after session" in err
+    assert "interrupted: replay/seed0 stopped after session" in err
     assert f"continue with: avalanche-fscl run --resume {out}" in err
     assert main(["run", "--resume", str(out), "--no-progress"]) == 0
 
