@@ -12,6 +12,8 @@ _EXPORTS = {
     "list_backbones": ".backbones",
     "FSCILNet": ".classifier",
     "MASK_VALUE": ".classifier",
+    "MultiViewFusionHead": ".fusion",
+    "FUSIONS": ".fusion",
     "Conv4": ".conv4",
     "ResNet12": ".resnet",
     "ResNet18": ".resnet",

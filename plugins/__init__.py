@@ -12,6 +12,7 @@ so a run checkpointed after a session and resumed with fresh objects continues e
 - :class:`NCMClassifierPlugin`: iCaRL's nearest-class-mean classifier at evaluation.
 - :class:`PrototypeClassifierPlugin`: frozen base backbone + prototype classifier (CEC family).
 - :class:`FastSlowConsolidationPlugin`: FSCL, fast/slow weights with two-step consolidation.
+- :class:`RetrievalAugmentedPlugin`: RAML, prototypes + multi-view fusion over a retrieval memory.
 - :func:`extract_features`, :func:`class_mean_features`: batched, no-grad feature helpers.
 """
 
@@ -23,6 +24,7 @@ from .lwf import StatefulLwFPlugin
 from .ncm import NCMClassifierPlugin
 from .prototype import PrototypeClassifierPlugin
 from .replay import ClassBalancedReplayPlugin
+from .retrieval import RetrievalAugmentedPlugin
 
 __all__ = [
     "fscil_metrics",
@@ -35,6 +37,7 @@ __all__ = [
     "NCMClassifierPlugin",
     "PrototypeClassifierPlugin",
     "FastSlowConsolidationPlugin",
+    "RetrievalAugmentedPlugin",
     "extract_features",
     "class_mean_features",
 ]

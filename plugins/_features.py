@@ -10,14 +10,17 @@ group: pass ``dataset.eval()`` for un-augmented features.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+import inspect
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["eval_mode", "extract_features", "class_mean_features"]
+__all__ = ["eval_mode", "extract_features", "class_mean_features", "EvalFeatureCapture"]
+
+_MISSING = object()
 
 
 @contextlib.contextmanager
@@ -109,3 +112,55 @@ def class_mean_features(
         raise ValueError(f"class_mean_features: no samples of classes {missing[:10]} in the dataset")
     assert sums is not None
     return sums / counts.unsqueeze(1).to(sums.dtype)
+
+
+class EvalFeatureCapture:
+    """The features ``model.features(x)`` computed by the strategy's own eval forward.
+
+    A plugin that re-scores evaluation outputs calls :meth:`start` in
+    ``before_eval_forward`` and :meth:`stop` in ``after_eval_forward``: while capturing, the
+    model's ``features`` method is wrapped on the instance and its first output is kept, so
+    re-scoring costs no second forward pass when ``forward`` calls ``self.features``
+    (:class:`~avalanche_fscl.models.FSCILNet` does). :meth:`stop` falls back to
+    ``model.features(x)`` when nothing usable was captured. Call :meth:`stop` from
+    ``after_eval`` too: a forward that raised leaves the wrapper in place until then.
+    """
+
+    def __init__(self) -> None:
+        self._captured: Tensor | None = None
+        self._patched: tuple[nn.Module, Any] | None = None  # (model, previous instance attribute)
+
+    def start(self, model: nn.Module) -> None:
+        """Begin capturing ``model.features`` (a no-op when it is not a plain method)."""
+        self._unpatch()
+        self._captured = None
+        original = getattr(model, "features", None)
+        if not inspect.ismethod(original):
+            return
+
+        def features(x, *a, **kw):
+            out = original(x, *a, **kw)
+            if self._captured is None:
+                self._captured = out
+            return out
+
+        self._patched = (model, model.__dict__.get("features", _MISSING))
+        model.__dict__["features"] = features
+
+    def stop(self, model: nn.Module | None = None, x: Tensor | None = None) -> Tensor | None:
+        """End capturing; the captured ``(B, D)`` features, recomputed from ``x`` when absent."""
+        self._unpatch()
+        feats, self._captured = self._captured, None
+        if model is not None and x is not None and (feats is None or feats.ndim != 2 or feats.shape[0] != x.shape[0]):
+            feats = model.features(x)
+        return feats
+
+    def _unpatch(self) -> None:
+        if self._patched is None:
+            return
+        model, previous = self._patched
+        if previous is _MISSING:
+            model.__dict__.pop("features", None)
+        else:
+            model.__dict__["features"] = previous
+        self._patched = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -11,14 +10,13 @@ from avalanche.core import SupervisedPlugin
 from torch import Tensor
 
 from ..models.classifier import MASK_VALUE
-from ._features import class_mean_features
+from ._features import EvalFeatureCapture, class_mean_features
 from .replay import ClassBalancedReplayPlugin
 
 __all__ = ["NCMClassifierPlugin"]
 
 _STATE_VERSION = 1
 _SOURCES = ("memory", "data")
-_MISSING = object()
 
 
 class NCMClassifierPlugin(SupervisedPlugin):
@@ -80,8 +78,7 @@ class NCMClassifierPlugin(SupervisedPlugin):
         self.batch_size = batch_size
         self.means: Tensor | None = None
         self.known: Tensor | None = None
-        self._captured: Tensor | None = None
-        self._patched = None  # (model, previous instance attribute) while capturing
+        self._capture = EvalFeatureCapture()
 
     # ------------------------------------------------------------------ callbacks
     def after_training_exp(self, strategy, *args, **kwargs):
@@ -108,36 +105,17 @@ class NCMClassifierPlugin(SupervisedPlugin):
         self._set_means(updates, device)
 
     def before_eval_forward(self, strategy, *args, **kwargs):
-        self._unpatch()  # a forward that raised leaves the patch behind
-        self._captured = None
-        if self.means is None:
-            return
-        model = strategy.model
-        original = getattr(model, "features", None)
-        if not inspect.ismethod(original):  # capture only a plain `features` method
-            return
-
-        def features(x, *a, **kw):
-            out = original(x, *a, **kw)
-            if self._captured is None:
-                self._captured = out
-            return out
-
-        self._patched = (model, model.__dict__.get("features", _MISSING))
-        model.__dict__["features"] = features
+        if self.means is not None:
+            self._capture.start(strategy.model)
 
     def after_eval_forward(self, strategy, *args, **kwargs):
-        self._unpatch()
-        feats, self._captured = self._captured, None
         if self.means is None:
             return
-        x = strategy.mb_x
-        if feats is None or feats.ndim != 2 or feats.shape[0] != x.shape[0]:
-            feats = strategy.model.features(x)
+        feats = self._capture.stop(strategy.model, strategy.mb_x)
         strategy.mb_output = self.scores(feats, strategy.mb_output.shape[1])
 
     def after_eval(self, strategy, *args, **kwargs):
-        self._unpatch()
+        self._capture.stop()
 
     # ------------------------------------------------------------------- helpers
     def scores(self, feats: Tensor, width: int | None = None) -> Tensor:
@@ -169,16 +147,6 @@ class NCMClassifierPlugin(SupervisedPlugin):
         rows = torch.stack([updates[c] for c in sorted(updates)]).to(self.means)
         self.means[idx] = F.normalize(rows, dim=1)
         self.known[idx] = True
-
-    def _unpatch(self) -> None:
-        if self._patched is None:
-            return
-        model, previous = self._patched
-        if previous is _MISSING:
-            model.__dict__.pop("features", None)
-        else:
-            model.__dict__["features"] = previous
-        self._patched = None
 
     # ---------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

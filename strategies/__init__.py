@@ -4,7 +4,8 @@ registered baselines.
 ``create_strategy(name, StrategyContext(scenario))`` builds any registered strategy;
 ``list_strategies()`` names them. Baselines: ``finetune``, ``ewc``, ``lwf``, ``replay``,
 ``ncm`` (iCaRL-style NCM with replay), ``joint`` (upper bound) and ``prototype``; methods:
-``fscl`` (and its ablations ``fscl_no_step1``, ...). A new
+``fscl`` (and its ablations ``fscl_no_step1``, ...), ``raml`` (``raml_external``, its
+ablations ``raml_no_retrieval``, ... and the ``knn`` baseline). A new
 method subclasses :class:`StrategySpec` and registers it with :func:`register_strategy`
 (the contract: :mod:`avalanche_fscl.strategies.spec`).
 """
@@ -12,6 +13,7 @@ method subclasses :class:`StrategySpec` and registers it with :func:`register_st
 from . import baselines as _baselines  # noqa: F401  (registers the baselines)
 from . import columns as _columns  # noqa: F401  (registers the evaluation columns)
 from . import fscl as _fscl  # noqa: F401  (registers fscl and its ablations)
+from . import raml as _raml  # noqa: F401  (registers raml, its ablations and knn)
 from .registry import (
     STRATEGIES,
     create_strategy,
@@ -19,6 +21,7 @@ from .registry import (
     list_strategies,
     make_spec,
     register_strategy,
+    register_variant,
 )
 from .spec import (
     COLUMNS,
@@ -44,6 +47,7 @@ __all__ = [
     "list_strategies",
     "make_spec",
     "register_strategy",
+    "register_variant",
     "register_column",
     "create_column",
     "require_state_dicts",

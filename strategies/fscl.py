@@ -23,13 +23,12 @@ strategy            what is removed                                     fixed ar
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from avalanche.core import SupervisedPlugin
 
 from ..plugins import FastSlowConsolidationPlugin
-from .registry import register_strategy
+from .registry import register_strategy, register_variant
 from .spec import StrategyContext, StrategySpec
 from .template import SessionSchedule
 
@@ -73,21 +72,9 @@ class FSCL(StrategySpec):
         return None if self.plugin_args["importance"] == "si" else super().base_session_key(ctx)
 
 
-def _variant(name: str, summary: str, **fixed: Any) -> type[FSCL]:
-    """Register ``FSCL`` with some arguments fixed (they leave the hyper-parameter list)."""
-
-    def __init__(self, **kwargs: Any):
-        FSCL.__init__(self, **{**kwargs, **fixed})
-
-    sig = inspect.signature(FSCL.__init__)
-    __init__.__signature__ = sig.replace(parameters=[p for n, p in sig.parameters.items() if n not in fixed])
-    cls = type(name, (FSCL,), {"__init__": __init__, "__doc__": f"{summary}\n\nFixed: {fixed}."})
-    return register_strategy(name)(cls)
-
-
-_variant("fscl_no_step1", "FSCL ablation: no fast consolidation (step 1).", fast_strength=0.0)
-_variant("fscl_no_step2", "FSCL ablation: no slow consolidation (step 2).", slow_step=0.0)
-_variant("fscl_fast_only", "FSCL ablation: fast weights only (no slow weights, meta-learning or step 2).",
-         slow=None, meta=False, slow_step=0.0)
-_variant("fscl_slow_only", "FSCL ablation: slow weights only (no gradient step after the base session).", epochs=0)
-_variant("fscl_no_meta", "FSCL ablation: no meta-learning of the slow weights.", meta=False)
+register_variant(FSCL, "fscl_no_step1", "FSCL ablation: no fast consolidation (step 1).", fast_strength=0.0)
+register_variant(FSCL, "fscl_no_step2", "FSCL ablation: no slow consolidation (step 2).", slow_step=0.0)
+register_variant(FSCL, "fscl_fast_only", "FSCL ablation: fast weights only (no slow weights, meta-learning or step 2).",
+                 slow=None, meta=False, slow_step=0.0)
+register_variant(FSCL, "fscl_slow_only", "FSCL ablation: slow weights only (no gradient step after the base session).", epochs=0)
+register_variant(FSCL, "fscl_no_meta", "FSCL ablation: no meta-learning of the slow weights.", meta=False)

@@ -18,6 +18,7 @@ change to the runner. From Python::
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import torch
@@ -31,6 +32,7 @@ from .template import FSCILStrategy, SessionSchedule
 __all__ = [
     "STRATEGIES",
     "register_strategy",
+    "register_variant",
     "list_strategies",
     "get_strategy",
     "make_spec",
@@ -56,6 +58,26 @@ def register_strategy(name: str) -> Callable[[S], S]:
         return cls
 
     return deco
+
+
+def register_variant(base: type[StrategySpec], name: str, summary: str, **fixed: Any) -> type[StrategySpec]:
+    """Register ``base`` under ``name`` with some constructor arguments fixed (an ablation).
+
+    The fixed arguments leave the variant's hyper-parameter list (a config that sets one is
+    an error naming the allowed ones); ``summary`` is its ``avalanche-fscl list`` line.
+    """
+    sig = inspect.signature(base.__init__)
+    unknown = sorted(set(fixed) - set(sig.parameters))
+    if unknown:
+        raise TypeError(f"register_variant({name!r}): {base.__name__} has no arguments {unknown}")
+
+    def __init__(self, **kwargs: Any):
+        base.__init__(self, **{**kwargs, **fixed})
+
+    __init__.__signature__ = sig.replace(parameters=[p for n, p in sig.parameters.items() if n not in fixed])
+    cls = type(name, (base,), {"__init__": __init__, "__doc__": f"{summary}\n\nFixed: {fixed}.",
+                               "__module__": base.__module__})
+    return register_strategy(name)(cls)
 
 
 def list_strategies() -> dict[str, str]:

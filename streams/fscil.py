@@ -41,6 +41,9 @@ class FSCILScenario(CLScenario):
         heldout: a dataset of classes the stream never trains on (few-shot generalisation
             evaluation, e.g. the ``heldout_fewshot`` column), or ``None``; built on first
             access when the preset gave a loader.
+        external: an external retrieval corpus (e.g. RAML's memory): images of classes that
+            appear in none of the stream's sessions and none of the held-out pool, labels are
+            the corpus' own (not stream class ids), or ``None``; built on first access.
     """
 
     def __init__(
@@ -56,9 +59,11 @@ class FSCILScenario(CLScenario):
         shot_indices: list[list[int]],
         seed: int,
         heldout: Dataset | Callable[[], Dataset] | None = None,
+        external: Dataset | Callable[[], Dataset] | None = None,
     ):
         super().__init__(streams)
         self._heldout = heldout
+        self._external = external
         self.session_classes = session_classes
         self.base_classes = session_classes[0]
         self.class_order = class_order
@@ -75,6 +80,13 @@ class FSCILScenario(CLScenario):
         if callable(self._heldout) and not isinstance(self._heldout, Dataset):
             self._heldout = self._heldout()
         return self._heldout
+
+    @property
+    def external(self) -> Dataset | None:
+        """The external retrieval corpus (``None`` if the stream has none)."""
+        if callable(self._external) and not isinstance(self._external, Dataset):
+            self._external = self._external()
+        return self._external
 
     @property
     def n_sessions(self) -> int:
@@ -143,6 +155,7 @@ def fscil_benchmark(
     train_transform: Any = None,
     eval_transform: Any = None,
     heldout: Dataset | Callable[[], Dataset] | None = None,
+    external: Dataset | Callable[[], Dataset] | None = None,
 ) -> FSCILScenario:
     """Build a few-shot class-incremental scenario.
 
@@ -176,6 +189,8 @@ def fscil_benchmark(
         eval_transform: tensor transform of the "eval" group (normalisation).
         heldout: classes the stream never trains on, kept as ``scenario.heldout`` (a dataset
             whose items are ready-to-use tensors, or a function that builds it on first use).
+        external: an external retrieval corpus kept as ``scenario.external`` (same forms as
+            ``heldout``); its images must belong to none of the stream's or held-out classes.
 
     Returns:
         An :class:`FSCILScenario` whose labels are remapped to ``0..n_classes-1`` in
@@ -259,6 +274,7 @@ def fscil_benchmark(
         shot_indices=indices,
         seed=seed,
         heldout=heldout,
+        external=external,
     )
 
 

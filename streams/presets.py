@@ -142,6 +142,7 @@ def omniglot_fscil(
     image_size: int = 28,
     base_shots: int | None = None,
     heldout_classes: int | None = None,
+    external_classes: int | None = None,
     validation: bool = False,
     seed: int = 0,
 ) -> FSCILScenario:
@@ -166,8 +167,13 @@ def omniglot_fscil(
     Held-out pool (``scenario.heldout``, read by the ``heldout_fewshot`` column): the
     ``heldout_classes`` evaluation characters after the stream's (default ``None``: up to
     100, i.e. evaluation characters 100-199), all 20 drawers, labels ``0..heldout_classes-1``;
-    0 for none. The
-    evaluation characters after those (200-658 by default) are used by nothing here.
+    0 for none.
+
+    External retrieval corpus (``scenario.external``, e.g. RAML's memory): the
+    ``external_classes`` evaluation characters after the novel and held-out ones (default
+    ``None``: all of them, i.e. evaluation characters 200-658, 9,180 images), all 20
+    drawers, labels ``0..external_classes-1``; 0 for none. No stream, test or held-out
+    character is in it. With ``validation=True`` it is the same corpus.
 
     ``validation=True``: a protocol carved from the training split, for choosing
     hyper-parameters without touching a test image: background characters and drawers
@@ -186,6 +192,23 @@ def omniglot_fscil(
         raise ValueError(f"base_classes={base_classes}: allowed 1..{len(bg)} (background characters)")
     n_novel = sessions * ways
     tf = ToFloatNormalize([0.0], [1.0])
+
+    def pool(chars: np.ndarray) -> TensorImageDataset:  # stored normalised: read without transforms
+        return TensorImageDataset(
+            torch.stack([tf(torch.from_numpy(x)) for x in chars.reshape(-1, 1, image_size, image_size)]),
+            np.repeat(np.arange(len(chars)), chars.shape[1]),
+        )
+
+    # the external corpus starts after the test protocol's novel and held-out characters
+    ext_start = n_novel + (max(0, min(100, len(ev) - n_novel)) if heldout_classes is None else heldout_classes)
+    if external_classes is None:
+        external_classes = max(0, len(ev) - ext_start)
+    if external_classes < 0 or (external_classes and ext_start + external_classes > len(ev)):
+        raise ValueError(
+            f"external_classes={external_classes}: allowed 0..{max(0, len(ev) - ext_start)} (the evaluation "
+            f"characters after {n_novel} novel + {ext_start - n_novel} held-out ones)"
+        )
+    external = (lambda: pool(ev[ext_start : ext_start + external_classes])) if external_classes else None
     heldout = None
     if validation:
         if n_novel >= base_classes:
@@ -207,11 +230,7 @@ def omniglot_fscil(
         chars, split = np.concatenate([bg[:base_classes], ev[:n_novel]]), 15  # (C, 20, 1, S, S)
         class_names = names[:base_classes] + names[len(bg) : len(bg) + n_novel]
         if heldout_classes:
-            pool = ev[n_novel : n_novel + heldout_classes]
-            heldout = TensorImageDataset(  # stored normalised: episodes read it without transforms
-                torch.stack([tf(torch.from_numpy(x)) for x in pool.reshape(-1, 1, image_size, image_size)]),
-                np.repeat(np.arange(heldout_classes), 20),
-            )
+            heldout = pool(ev[n_novel : n_novel + heldout_classes])
     n_test = 15 - split if validation else 5
     labels = np.repeat(np.arange(len(chars)), split), np.repeat(np.arange(len(chars)), n_test)
     train = TensorImageDataset(torch.from_numpy(chars[:, :split].reshape(-1, 1, image_size, image_size)), labels[0])
@@ -223,6 +242,7 @@ def omniglot_fscil(
     return fscil_benchmark(
         train, test, base_classes=base_classes, ways=ways, shots=shots, sessions=sessions,
         seed=seed, class_names=class_names, eval_transform=tf, heldout=heldout, base_shots=base_shots,
+        external=external,
     )
 
 
@@ -255,6 +275,7 @@ def tiny_imagenet_fscil(
     image_size: int = 64,
     augment: bool = True,
     heldout_per_class: int = 200,
+    external_per_class: int = 500,
     validation: bool = False,
     seed: int = 0,
 ) -> FSCILScenario:
@@ -284,6 +305,13 @@ def tiny_imagenet_fscil(
     CIFAR-10 categories are coarse versions of Tiny ImageNet classes (e.g. cat vs. tabby cat),
     so the pool is new *images and labels*, not unrelated concepts.
 
+    External retrieval corpus (``scenario.external``, e.g. RAML's memory): the first
+    ``external_per_class`` CIFAR-10 *training* images of each class (``train_1000pc.zip``;
+    at most 1000), prepared like the held-out pool; no Tiny ImageNet image and no held-out
+    image is in it (the same caveat on overlapping concepts applies). Loaded on first use;
+    ``None`` when the folder is absent or ``external_per_class=0``; the same corpus with
+    ``validation=True``.
+
     ``validation=True``: a protocol carved from the training split, for choosing
     hyper-parameters without touching a test image: the ``base_classes`` base classes' training
     images only, images 0-99 of each class to train and 100-149 to test. Their last
@@ -305,8 +333,13 @@ def tiny_imagenet_fscil(
             f"base_classes={base_classes} + sessions={sessions} x ways={ways} = {used} classes; "
             f"allowed at most {len(names)}"
         )
+    if not 0 <= external_per_class <= 1000:
+        raise ValueError(f"external_per_class={external_per_class}: allowed 0..1000 (CIFAR-10 train_1000pc)")
     norm = ToFloatNormalize(TINY_IMAGENET_MEAN, TINY_IMAGENET_STD)
-    heldout = None
+    heldout = external = None
+    cifar = dataset_folder(data_root, "cifar10_jpeg")
+    if external_per_class and (cifar / "train_1000pc.zip").exists():
+        external = lambda: _cifar10_pool(cifar, external_per_class, image_size, norm, split="train_1000pc")  # noqa: E731
     if validation:
         sessions = min(sessions, base_classes // (2 * ways))
         if sessions < 1:
@@ -321,7 +354,6 @@ def tiny_imagenet_fscil(
     else:
         keep_tr, keep_te = ytr < used, yte < used
         xtr, ytr, xte, yte = xtr[keep_tr], ytr[keep_tr], xte[keep_te], yte[keep_te]
-        cifar = dataset_folder(data_root, "cifar10_jpeg")
         if heldout_per_class and (cifar / "test.zip").exists():
             heldout = lambda: _cifar10_pool(cifar, heldout_per_class, image_size, norm)  # noqa: E731
     train = TensorImageDataset(resize_images(xtr, image_size), ytr)
@@ -332,12 +364,16 @@ def tiny_imagenet_fscil(
     return fscil_benchmark(
         train, test, base_classes=base_classes, ways=ways, shots=shots, sessions=sessions,
         seed=seed, class_names=names, train_transform=train_tf, eval_transform=norm, heldout=heldout,
+        external=external,
     )
 
 
-def _cifar10_pool(folder: Path, per_class: int, image_size: int, norm: ToFloatNormalize) -> TensorImageDataset:
-    """The first ``per_class`` CIFAR-10 test images of each class, normalised float tensors."""
-    zpath, tsv = folder / "test.zip", folder / "test_labels.tsv"
+def _cifar10_pool(
+    folder: Path, per_class: int, image_size: int, norm: ToFloatNormalize, split: str = "test"
+) -> TensorImageDataset:
+    """The first ``per_class`` CIFAR-10 images of each class of ``split`` (``"test"`` or
+    ``"train_1000pc"``), normalised float tensors."""
+    zpath, tsv = folder / f"{split}.zip", folder / f"{split}_labels.tsv"
     rows = sorted(_read_tsv(tsv), key=lambda r: r["file"])
     picked = [r for c in range(10) for r in [r for r in rows if int(r["label"]) == c][:per_class]]
 
@@ -345,7 +381,7 @@ def _cifar10_pool(folder: Path, per_class: int, image_size: int, norm: ToFloatNo
         with zipfile.ZipFile(zpath) as z:
             return decode_images([z.read(r["file"]) for r in picked], size=32, channels=3)
 
-    images = cached_array(f"cifar10_test_{per_class}_{file_fingerprint([zpath, tsv])}", build)
+    images = cached_array(f"cifar10_{split}_{per_class}_{file_fingerprint([zpath, tsv])}", build)
     x = resize_images(images, image_size)
     return TensorImageDataset(torch.stack([norm(im) for im in x]), [int(r["label"]) for r in picked])
 

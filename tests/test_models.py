@@ -42,6 +42,7 @@ def test_exports():
     assert set(models.__all__) == {
         "Conv4", "FSCILNet", "MASK_VALUE", "ResNet12", "ResNet18",
         "BACKBONES", "create_backbone", "list_backbones", "default_backbone_for",
+        "MultiViewFusionHead", "FUSIONS",
     }  # fmt: skip
     for name in models.__all__:
         assert hasattr(models, name)

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO
 
-SUBPACKAGES = ["streams", "plugins", "strategies", "models", "benchmarks"]
+SUBPACKAGES = ["streams", "plugins", "strategies", "models", "benchmarks", "retrieval"]
 
 
 def test_installed_package_imports_from_outside_the_repo_silently(tmp_path):

@@ -165,3 +165,34 @@ def test_tiny_imagenet_heldout_is_cifar10_test_and_validation_uses_train_images(
     assert len(val.base_classes) == 50 and val.n_sessions == 6 and val.heldout is None
     assert len(val.train_stream[0].dataset) == 50 * 100 and len(val.test_stream[0].dataset) == 50 * 50
     assert val.class_order == list(range(100)), "only the real protocol's base classes"
+
+
+def test_omniglot_external_corpus_is_the_characters_nothing_else_uses(data_root):
+    require_dataset(data_root, "omniglot")
+    bm = omniglot_fscil(data_root)
+    ext = bm.external
+    assert len(ext) == 459 * 20 and sorted(set(ext.targets)) == list(range(459))
+    raw = np.load(data_root / "omniglot" / "images_evaluation.npz")["images"]
+    first = torch.from_numpy(~raw[200, 0]).float()[None, None]  # after 100 novel + 100 held-out
+    expected = torch.nn.functional.interpolate(first, size=(28, 28), mode="area").mul(255).round().div(255)
+    assert torch.allclose(ext.data[0], expected[0], atol=1e-6)
+    held = bm.heldout.data.flatten(1)
+    assert not any(torch.equal(ext.data[i].flatten(), h) for i in range(0, len(ext), 500) for h in held[::20])
+    assert len(omniglot_fscil(data_root, validation=True).external) == len(ext), "same corpus"
+    assert len(omniglot_fscil(data_root, external_classes=10).external) == 200
+    assert omniglot_fscil(data_root, external_classes=0).external is None
+    with pytest.raises(ValueError, match=r"external_classes=460: allowed 0..459"):
+        omniglot_fscil(data_root, external_classes=460)
+
+
+def test_tiny_imagenet_external_corpus_is_cifar10_train_images(data_root):
+    require_dataset(data_root, "tiny_imagenet")
+    require_dataset(data_root, "cifar10_jpeg")
+    bm = tiny_imagenet_fscil(data_root, image_size=32, heldout_per_class=20, external_per_class=30)
+    ext, held = bm.external, bm.heldout
+    assert ext.data.shape == (300, 3, 32, 32) and np.bincount(ext.targets).tolist() == [30] * 10
+    # training images, not the held-out pool's test images
+    assert not any(torch.equal(e, h) for e in ext.data for h in held.data)
+    assert tiny_imagenet_fscil(data_root, image_size=32, external_per_class=0).external is None
+    with pytest.raises(ValueError, match=r"external_per_class=1001: allowed 0..1000"):
+        tiny_imagenet_fscil(data_root, image_size=32, external_per_class=1001)

@@ -1,0 +1,201 @@
+"""RetrievalAugmentedPlugin and the raml/knn strategies: learned behaviour where neighbours carry
+signal, the kNN vote by hand, the memory across sessions, staleness, exact resumption and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avalanche_fscl.models import FSCILNet
+from avalanche_fscl.plugins import PrototypeClassifierPlugin, RetrievalAugmentedPlugin
+from avalanche_fscl.retrieval import StaleMemoryError
+from avalanche_fscl.streams import TensorImageDataset, fscil_benchmark
+from test_baseline_plugins import (
+    _one_thread,  # noqa: F401  (autouse fixture: one intra-op thread for these tiny tensors)
+    make_strategy,
+    model_tensors,
+    roundtrip,
+    train_session,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:No loggers specified:UserWarning")
+
+N_CLASSES, BASE, WAYS, SHOTS = 10, 6, 2, 5
+META = dict(meta_episodes=60, meta_ways=4, meta_shots=3, meta_queries=4, head_lr=0.01, refresh_every=10)
+
+
+class Flat(nn.Module):
+    """A fixed encoder (the input itself) with one trainable scalar so optimizers have a parameter."""
+
+    out_dim = 16
+
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return self.gain * x.flatten(1)
+
+
+def multimodal_scenario(seed: int = 0, train_per_class: int = 30, test_per_class: int = 20):
+    """Every class is three clusters far apart: its prototype (their mean) sits between them,
+    where other classes' clusters may lie; neighbours from the query's own cluster carry signal."""
+    g = torch.Generator().manual_seed(seed)
+    modes = torch.randn(N_CLASSES, 3, 16, generator=g) * 3.0
+
+    def sample(n):
+        y = torch.arange(N_CLASSES).repeat_interleave(n)
+        m = torch.randint(0, 3, (len(y),), generator=g)
+        x = modes[y, m] + 0.6 * torch.randn(len(y), 16, generator=g)
+        return TensorImageDataset(x.view(-1, 1, 4, 4), y)
+
+    return fscil_benchmark(sample(train_per_class), sample(test_per_class), base_classes=BASE, ways=WAYS,
+                           shots=SHOTS, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return multimodal_scenario(seed=1)
+
+
+def make_model(seed: int = 0) -> FSCILNet:
+    torch.manual_seed(seed)
+    return FSCILNet(Flat(), N_CLASSES, head="cosine")
+
+
+def run(scenario, plugin, sessions=3):
+    model = make_model()
+    strategy = make_strategy(model, [plugin], lr=0.1, epochs=2)
+    for s in range(sessions):
+        train_session(strategy, scenario, s)
+    return model, strategy
+
+
+def accuracy(strategy, scenario, upto: int) -> float:
+    return strategy.eval(scenario.test_stream[: upto + 1])["Top1_Acc_Stream/eval_phase/test_stream"]
+
+
+def test_beats_the_prototype_classifier_where_neighbours_carry_signal(scenario):
+    _, proto = run(scenario, PrototypeClassifierPlugin())
+    _, raml = run(scenario, RetrievalAugmentedPlugin(k=5, **META))
+    p, r = accuracy(proto, scenario, 2), accuracy(raml, scenario, 2)
+    assert r > p + 0.05, (r, p)  # 0.730 vs 0.590 (scenario seeds 0, 2: +0.08, -0.03)
+    _, labelled = run(scenario, RetrievalAugmentedPlugin(k=5, label_views=True, **META))
+    assert accuracy(labelled, scenario, 2) > p + 0.05  # with label views too (0.705; seeds 0, 2: +0.035, +0.05)
+
+
+def test_knn_vote_matches_a_hand_computation(scenario):
+    plugin = RetrievalAugmentedPlugin(k=3, fusion=None, prototype_weight=0.0, vote_weight=1.0, meta_episodes=0)
+    model, strategy = run(scenario, plugin)
+    train = [scenario.train_stream[s].dataset.eval() for s in range(3)]
+    xs = torch.cat([torch.stack([d[i][0] for i in range(len(d))]) for d in train]).flatten(1)
+    ys = torch.cat([torch.tensor([int(d[i][1]) for i in range(len(d))]) for d in train])
+    test = scenario.test_stream[2].dataset.eval()
+    xq = torch.stack([test[i][0] for i in range(len(test))])
+    sims = F.normalize(xq.flatten(1), dim=1) @ F.normalize(xs, dim=1).T
+    top, idx = sims.topk(3, dim=1)
+    votes = torch.zeros(len(xq), N_CLASSES).scatter_add_(1, ys[idx], top)
+    with torch.no_grad():
+        logits = model(xq)
+    feats = model.features(xq)
+    out = plugin.scores(logits[:, :N_CLASSES], model.weight, feats, labels_to_columns=None)
+    torch.testing.assert_close(out, votes, rtol=1e-5, atol=1e-5)
+    assert len(plugin.memory) == len(xs) and plugin.memory.n_external == 0
+
+
+def test_memory_grows_with_each_session_and_keeps_the_external_corpus_unlabelled(scenario):
+    external = TensorImageDataset(torch.randn(12, 1, 4, 4), torch.arange(12) % 3)
+    plugin = RetrievalAugmentedPlugin(k=2, meta_episodes=0, external=external, per_class_cap=4)
+    model, strategy = run(scenario, plugin, sessions=1)
+    assert plugin.memory.n_external == 12 and plugin.memory.n_stream == BASE * 4  # capped per class
+    assert plugin.memory.counts_per_class() == {c: 4 for c in range(BASE)}  # external labels dropped (-1)
+    train_session(strategy, scenario, 1)
+    assert plugin.memory.n_stream == BASE * 4 + WAYS * SHOTS - WAYS * max(0, SHOTS - 4)
+
+
+def test_the_backbone_is_frozen_and_unchanged_after_the_base_session(scenario):
+    plugin = RetrievalAugmentedPlugin(k=3, **META)
+    model, strategy = run(scenario, plugin, sessions=1)
+    before = {k: v.clone() for k, v in model_tensors(model).items() if k.startswith("backbone")}
+    train_session(strategy, scenario, 1)
+    assert all(torch.equal(before[k], v) for k, v in model_tensors(model).items() if k in before)
+
+
+def test_a_changed_encoder_is_an_error_unless_reembed(scenario):
+    for reembed in (False, True):
+        plugin = RetrievalAugmentedPlugin(k=3, meta_episodes=0, reembed=reembed)
+        model, strategy = run(scenario, plugin, sessions=2)
+        with torch.no_grad():
+            model.backbone.gain.mul_(2.0)  # someone trains the encoder after the memory was filled
+        if not reembed:
+            with pytest.raises(StaleMemoryError, match="encoder changed since the retrieval memory was embedded"):
+                accuracy(strategy, scenario, 1)
+            continue
+        accuracy(strategy, scenario, 1)  # re-embeds first
+        stored = plugin.memory.search(torch.randn(4, 16), k=3)
+        assert stored.mask.all()
+        # the re-embedded entries are the new encoder's features of the stored inputs
+        pay = plugin.memory.payload_ids()
+        x = torch.stack([plugin.inputs[int(p)] for p in pay])
+        nb = plugin.memory.search(model.features(x).detach(), k=1)
+        torch.testing.assert_close(nb.scores[:, 0], torch.ones(len(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_resume_after_session_1_is_exact(scenario):
+    args = dict(k=4, vote_weight=0.5, **META)
+    model, strategy = run(scenario, RetrievalAugmentedPlugin(**args), sessions=3)
+    full = accuracy(strategy, scenario, 2)
+
+    first, strategy1 = run(scenario, RetrievalAugmentedPlugin(**args), sessions=2)
+    state = roundtrip({"model": first.state_dict(), "plugin": strategy1.plugins[0].state_dict()})
+    resumed = make_model(seed=5)
+    resumed.load_state_dict(state["model"])
+    plugin = RetrievalAugmentedPlugin(**args)
+    plugin.load_state_dict(state["plugin"])
+    strategy2 = make_strategy(resumed, [plugin], lr=0.1, epochs=2)
+    train_session(strategy2, scenario, 2)
+    assert accuracy(strategy2, scenario, 2) == full
+    assert torch.equal(plugin.memory.payload_ids(), strategy.plugins[0].memory.payload_ids())
+
+
+def test_evaluating_before_the_memory_is_filled_is_an_error(scenario):
+    strategy = make_strategy(make_model(), [RetrievalAugmentedPlugin(meta_episodes=0)], lr=0.1, epochs=1)
+    with pytest.raises(ValueError, match="retrieval memory is empty at evaluation"):
+        strategy.eval(scenario.test_stream[:1])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(k=0), "k must be an integer >= 1, got 0"),
+        (dict(fusion="max"), "fusion='max': allowed 'mean', 'attention' or None"),
+        (dict(backend="annoy"), "unknown backend 'annoy': allowed"),
+        (dict(vote_weight=-1), "vote_weight must be a number >= 0"),
+        (dict(meta_ways=1), "meta_ways must be an integer >= 2"),
+        (dict(fusion=None, prototype_weight=0), "leaves no classifier"),
+        (dict(per_class_cap=0), "per_class_cap"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RetrievalAugmentedPlugin(**kwargs)
+
+
+@pytest.mark.cuda
+def test_raml_runs_on_cuda_like_on_cpu(scenario):
+    def on(device):
+        model = make_model()
+        plugin = RetrievalAugmentedPlugin(k=4, **META)
+        strategy = make_strategy(model, [plugin], lr=0.1, epochs=2)
+        strategy.device = torch.device(device)
+        model.to(device)
+        for s in range(3):
+            train_session(strategy, scenario, s)
+        return accuracy(strategy, scenario, 2), plugin
+
+    cpu, _ = on("cpu")
+    gpu, plugin = on("cuda")
+    assert plugin.memory.device.type == "cuda" and next(plugin.head.parameters()).is_cuda
+    assert abs(gpu - cpu) < 0.05
