@@ -1,6 +1,6 @@
 """``avalanche-fscl``: run continual few-shot benchmark suites from the command line.
 
-    avalanche-fscl run                         # embedded default: digits_fscil, all baselines
+    avalanche-fscl run                         # embedded default: digits_fscil, all baselines + fscl, knn, raml
     avalanche-fscl run --config omniglot_fscil --seeds 0 1 2 --wandb offline
     avalanche-fscl run --resume runs/omniglot_fscil/20261127-101500
     avalanche-fscl report runs/omniglot_fscil/20261127-101500   # report of the finished runs

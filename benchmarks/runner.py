@@ -419,6 +419,17 @@ def _build_scenarios(cfg: RunConfig) -> dict[int, FSCILScenario]:
     return scenarios
 
 
+def _check_strategies(cfg: RunConfig, scenarios: dict[int, FSCILScenario]) -> None:
+    """Each strategy's :meth:`StrategySpec.check` on the scenario, before anything is written."""
+    for name in cfg.strategies:
+        for seed, scenario in scenarios.items():
+            spec = make_spec(name, cfg.strategy_args.get(name), seed=seed)
+            try:
+                spec.check(StrategyContext(scenario, config=cfg, seed=seed, device=cfg.device))
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"strategy {name}: {e}") from None
+
+
 def run_benchmark(
     cfg: RunConfig,
     *,
@@ -461,6 +472,7 @@ def run_benchmark(
         torch.set_num_threads(cfg.num_threads)
     start = time.perf_counter()
     scenarios = _build_scenarios(cfg)
+    _check_strategies(cfg, scenarios)
     environment = _env_info(cfg.device)  # at the start: the commit that ran, not a later one
     provenance = _provenance(out, resume, command, environment)
     write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -55,7 +55,11 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
     * Logits: ``prototype_weight * scale * cos(f, p_c)`` (the model's own cosine head
       over prototype rows) ``+ head(prototypes, f, neighbours)`` ``+ vote_weight * vote``,
       where ``vote[c]`` sums the cosine similarity of the neighbours labelled ``c`` (a
-      similarity-weighted kNN vote). ``fusion=None, prototype_weight=0, vote_weight=1``
+      similarity-weighted kNN vote); with ``balanced_vote=True`` each neighbour's vote is
+      divided by how many examples of its class the memory holds (times the mean count), the
+      kNN density estimate ``k_c / n_c`` for classes of unequal size (base classes store
+      15-150 examples, novel ones 5), which a plain vote favours.
+      ``fusion=None, prototype_weight=0, vote_weight=1``
       is the plain nearest-neighbour classifier (the ``knn`` strategy).
 
     Evaluation re-scores ``strategy.mb_output`` in ``after_eval_forward`` (features captured
@@ -79,6 +83,7 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
             default ``False``: RAML's label-free views).
         prototype_weight: weight of the prototype logits (>= 0).
         vote_weight: weight of the kNN vote over labelled neighbours (>= 0).
+        balanced_vote: divide each neighbour's vote by its class's count in the memory.
         external: an external corpus (items ``(x, ...)`` with ready-to-use tensors, no
             transform applied), or ``None``. Its labels are ignored (stored as -1).
         backend: the memory's index backend (``"exact"``, ``"flat"``, ``"ivf"``, ``"hnsw"``).
@@ -107,7 +112,8 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
         heads: int = 4,
         label_views: bool = False,
         prototype_weight: float = 1.0,
-        vote_weight: float = 0.0,
+        vote_weight: float = 1.0,
+        balanced_vote: bool = True,
         external: Dataset | None = None,
         backend: str = "exact",
         per_class_cap: int | None = None,
@@ -148,6 +154,7 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
                         index_args=index_args)
         self.k, self.fusion, self.heads, self.label_views = k, fusion, heads, bool(label_views)
         self.prototype_weight, self.vote_weight = float(prototype_weight), float(vote_weight)
+        self.balanced_vote = bool(balanced_vote)
         self.external = external
         self.memory_args = dict(backend=backend, per_class_cap=per_class_cap, max_size=max_size,
                                 index_args=index_args, seed=seed)
@@ -289,7 +296,10 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
         if self.vote_weight > 0:
             ok = labels >= 0
             vote = torch.zeros(len(feats), C + 1, device=feats.device)
-            vote.scatter_add_(1, torch.where(ok, labels, C), nb.scores.to(feats.device).float() * ok)
+            w = nb.scores.to(feats.device).float() * ok
+            if self.balanced_vote:
+                w = w * _inverse_class_frequency(memory, feats.device)[raw.clamp_min(0)]
+            vote.scatter_add_(1, torch.where(ok, labels, C), w)
             out = out + self.vote_weight * vote[:, :C]
         return out
 
@@ -421,6 +431,16 @@ def encoder_fingerprint(model: nn.Module) -> str:
             h.update(name.encode())
             h.update(torch.stack([t.sum(), (t * t).sum()]).cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _inverse_class_frequency(memory: RetrievalMemory, device) -> Tensor:
+    """``(max label + 1,)``: mean class count / count of each label in ``memory`` (0 if absent)."""
+    counts = memory.counts_per_class()
+    table = torch.zeros(max(counts, default=0) + 1, device=device)
+    if counts:
+        n = torch.tensor(list(counts.values()), dtype=torch.float, device=device)
+        table[torch.tensor(list(counts), device=device)] = n.mean() / n
+    return table
 
 
 def _item(dataset: Any, i: int) -> Tensor:

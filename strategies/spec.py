@@ -27,6 +27,7 @@ method                      default                                             
 ``base_session_key(ctx)``   model, base schedule, optimizer settings (+ class     shares and caches session-0 weights
                             and hyper-parameters when a method above is custom)   between strategies with equal keys
 ``columns(ctx)``            ``[]``                                                evaluates them after every session
+``check(ctx)``              nothing                                               calls it before writing anything
 ==========================  ====================================================  ==========================
 
 Class attributes: ``cumulative`` (train each session on all data seen so far) and
@@ -186,6 +187,11 @@ class StrategySpec:
     def columns(self, ctx: StrategyContext) -> list["EvalColumn"]:
         """Extra per-session evaluations of this strategy (e.g. held-out few-shot accuracy)."""
         return []
+
+    def check(self, ctx: StrategyContext) -> None:
+        """Raise ``ValueError`` naming the argument when this strategy cannot run on
+        ``ctx.scenario`` (e.g. it needs an external corpus the stream lacks). The runner
+        calls it for every strategy before it writes anything. Default: nothing."""
 
 
 class EvalColumn:

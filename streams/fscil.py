@@ -82,6 +82,11 @@ class FSCILScenario(CLScenario):
         return self._heldout
 
     @property
+    def has_external(self) -> bool:
+        """Whether the stream has an external corpus (without building it)."""
+        return self._external is not None
+
+    @property
     def external(self) -> Dataset | None:
         """The external retrieval corpus (``None`` if the stream has none)."""
         if callable(self._external) and not isinstance(self._external, Dataset):

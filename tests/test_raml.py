@@ -86,8 +86,10 @@ def test_beats_the_prototype_classifier_where_neighbours_carry_signal(scenario):
     assert accuracy(labelled, scenario, 2) > p + 0.05  # with label views too (0.705; seeds 0, 2: +0.035, +0.05)
 
 
-def test_knn_vote_matches_a_hand_computation(scenario):
-    plugin = RetrievalAugmentedPlugin(k=3, fusion=None, prototype_weight=0.0, vote_weight=1.0, meta_episodes=0)
+@pytest.mark.parametrize("balanced", [False, True])
+def test_knn_vote_matches_a_hand_computation(scenario, balanced):
+    plugin = RetrievalAugmentedPlugin(k=3, fusion=None, prototype_weight=0.0, vote_weight=1.0,
+                                      balanced_vote=balanced, meta_episodes=0)
     model, strategy = run(scenario, plugin)
     train = [scenario.train_stream[s].dataset.eval() for s in range(3)]
     xs = torch.cat([torch.stack([d[i][0] for i in range(len(d))]) for d in train]).flatten(1)
@@ -96,6 +98,9 @@ def test_knn_vote_matches_a_hand_computation(scenario):
     xq = torch.stack([test[i][0] for i in range(len(test))])
     sims = F.normalize(xq.flatten(1), dim=1) @ F.normalize(xs, dim=1).T
     top, idx = sims.topk(3, dim=1)
+    if balanced:  # each vote divided by its class's count (30 base, 5 novel), times the mean count
+        counts = torch.bincount(ys, minlength=N_CLASSES).float()
+        top = top * (counts.mean() / counts)[ys[idx]]
     votes = torch.zeros(len(xq), N_CLASSES).scatter_add_(1, ys[idx], top)
     with torch.no_grad():
         logits = model(xq)
@@ -174,7 +179,7 @@ def test_evaluating_before_the_memory_is_filled_is_an_error(scenario):
         (dict(backend="annoy"), "unknown backend 'annoy': allowed"),
         (dict(vote_weight=-1), "vote_weight must be a number >= 0"),
         (dict(meta_ways=1), "meta_ways must be an integer >= 2"),
-        (dict(fusion=None, prototype_weight=0), "leaves no classifier"),
+        (dict(fusion=None, prototype_weight=0, vote_weight=0), "leaves no classifier"),
         (dict(per_class_cap=0), "per_class_cap"),
     ],
 )
@@ -199,3 +204,21 @@ def test_raml_runs_on_cuda_like_on_cpu(scenario):
     gpu, plugin = on("cuda")
     assert plugin.memory.device.type == "cuda" and next(plugin.head.parameters()).is_cuda
     assert abs(gpu - cpu) < 0.05
+
+
+def test_runner_runs_raml_and_knn_and_refuses_a_missing_external_corpus(tmp_path):
+    from avalanche_fscl.benchmarks import ConfigError, config_from_dict, run_benchmark
+    from test_runner import quick_config
+
+    args = {"raml": {"meta_episodes": 20, "meta_ways": 4}}
+    cfg = config_from_dict(quick_config(tmp_path, strategies=["prototype", "knn", "raml"], strategy_args=args))
+    results = run_benchmark(cfg, command="pytest", progress=False, log=lambda *_: None)
+    acc = {r["strategy"]: r["table"]["sessions"][-1]["acc"] for r in results["runs"]}
+    assert set(acc) == {"prototype", "knn", "raml"} and all(a > 0.3 for a in acc.values())  # 10 classes: chance 0.1
+    base = {r["strategy"]: r["base_session"]["source"] for r in results["runs"]}
+    assert base["prototype"] == "trained" and base["knn"] == base["raml"] == "cache", "one shared base session"
+
+    bad = config_from_dict(quick_config(tmp_path / "bad", strategies=["raml_external"]))
+    with pytest.raises(ConfigError, match="strategy raml_external: memory='stream\\+external' but the stream 'digits_fscil' has no external corpus"):
+        run_benchmark(bad, command="pytest", progress=False, log=lambda *_: None)
+    assert not (tmp_path / "bad" / "out").exists(), "nothing written"
