@@ -59,8 +59,8 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
       divided by how many examples of its class the memory holds (times the mean count), the
       kNN density estimate ``k_c / n_c`` for classes of unequal size (base classes store
       15-150 examples, novel ones 5), which a plain vote favours.
-      ``fusion=None, prototype_weight=0, vote_weight=1``
-      is the plain nearest-neighbour classifier (the ``knn`` strategy).
+      ``fusion=None, prototype_weight=0, vote_weight=1, balanced_vote=False`` is the plain
+      nearest-neighbour classifier (the ``knn`` strategy).
 
     Evaluation re-scores ``strategy.mb_output`` in ``after_eval_forward`` (features captured
     from the strategy's own forward). The memory remembers a fingerprint of the encoder it
