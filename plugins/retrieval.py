@@ -190,6 +190,7 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
                 self._meta_train(model, exp, device)
             self.meta_done = True
         super().after_training_exp(strategy, *args, **kwargs)  # prototype rows, freeze
+        self._to_device(device)
         if self.uses_retrieval:
             if self.memory is None:
                 self.memory = RetrievalMemory(self._feature_dim(model, exp.dataset.eval(), device),
@@ -237,9 +238,17 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
         self.encoder_tag = tag
 
     # ---------------------------------------------------------------- evaluation
-    def before_eval_exp(self, strategy, *args, **kwargs):
+    def _to_device(self, device) -> None:
+        """Move the head and the memory to ``device`` (after a resume they load on the CPU)."""
         if self.head is not None:
-            self.head.to(strategy.device)
+            self.head.to(device)
+        if self.memory is not None and self.memory.device != torch.device(device):
+            moved = RetrievalMemory(self.memory.dim, device=str(device), **self.memory_args)
+            moved.load_state_dict(self.memory.state_dict())
+            self.memory = moved
+
+    def before_eval_exp(self, strategy, *args, **kwargs):
+        self._to_device(strategy.device)
         if self.uses_retrieval:
             if self.memory is None or len(self.memory) == 0:
                 raise ValueError(

@@ -204,6 +204,10 @@ def test_raml_runs_on_cuda_like_on_cpu(scenario):
     gpu, plugin = on("cuda")
     assert plugin.memory.device.type == "cuda" and next(plugin.head.parameters()).is_cuda
     assert abs(gpu - cpu) < 0.05
+    resumed = RetrievalAugmentedPlugin(k=4, **META)
+    resumed.load_state_dict(roundtrip(plugin.state_dict()))  # tensors come back on the CPU
+    resumed._to_device("cuda")  # what the first callback on a CUDA strategy does
+    assert resumed.memory.device.type == "cuda" and len(resumed.memory) == len(plugin.memory)
 
 
 def test_runner_runs_raml_and_knn_and_refuses_a_missing_external_corpus(tmp_path):
