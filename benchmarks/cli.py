@@ -5,6 +5,9 @@
     avalanche-fscl run --resume runs/omniglot_fscil/20261127-101500
     avalanche-fscl report runs/omniglot_fscil/20261127-101500   # report of the finished runs
     avalanche-fscl list
+    avalanche-fscl pretrain-clip --config vit_p8_64               # small CLIP, resumable
+    avalanche-fscl meta-train-gram --prompt coop --output runs/gram/coop
+    avalanche-fscl base-to-new                                    # CLIP prompt-tuning benchmark
 
 Every input error is one line naming the problem (exit status 2); config, stream and backbone
 errors are found before Avalanche is imported. Ctrl-C says where the run stopped and how to
@@ -72,7 +75,39 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write the report of the finished runs in an output folder")
     report.add_argument("output", metavar="OUTPUT_DIR")
     sub.add_parser("list", help="list streams, strategies, backbones and shipped configs")
+    from . import base_to_new, pretrain_clip
+
+    pretrain_clip.add_parser(sub)
+    _add_meta_train_gram(sub)
+    base_to_new.add_parser(sub)
     return parser
+
+
+def _add_meta_train_gram(sub) -> None:
+    p = sub.add_parser("meta-train-gram", help="GRAM: meta-learn a prompt init and a gradient regulator (resumable)")
+    p.add_argument("--output", required=True, help="folder for gram.pt (an existing last.pt there is resumed)")
+    p.add_argument("--clip-model", default="fscl-vit-p8-64")
+    p.add_argument("--clip-checkpoint", default="fscl", help="'fscl' (kept), a file, an open_clip tag, or 'none' (random weights)")
+    p.add_argument("--prompt", default="coop", help="coop, vpt or unigram")
+    p.add_argument("--data-root")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any GRAMMetaConfig field, e.g. --set episodes=500 --set regulator=gated (YAML value)")
+
+
+def _run_meta_train_gram(args) -> int:
+    from ..models.gram import GRAMMetaConfig, meta_train_gram
+
+    fields = set(GRAMMetaConfig.__dataclass_fields__)
+    kw = {"clip_model": args.clip_model, "clip_checkpoint": None if args.clip_checkpoint.lower() == "none" else args.clip_checkpoint, "prompt": args.prompt}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in fields:
+            raise ValueError(f"meta-train-gram: --set {key}: unknown; allowed: {', '.join(sorted(fields))}")
+        kw[key] = yaml.safe_load(value)
+    path = meta_train_gram(GRAMMetaConfig(**kw), args.output, args.data_root, args.device)
+    print(f"gram checkpoint: {path}")
+    return 0
 
 
 def _set_key(data: dict, dotted: str, value_text: str) -> None:
@@ -144,8 +179,16 @@ def _cmd_list() -> None:
     from ..streams.registry import list_streams
     from ..strategies import list_strategies
 
+    from ..models.clip import KEPT_CLIP_DIR, project_clip_models
+    from .pretrain_clip import RECIPE_DIR, list_recipes
+
+    clips = {n: "kept checkpoint: pretrained='fscl'" if (KEPT_CLIP_DIR / f"{n}.pt").exists() else "config only"
+             for n in project_clip_models()}
+    recipes = {n: str(RECIPE_DIR / f"{n}.yaml") for n in list_recipes()}
     for title, items in [("streams", list_streams()), ("strategies", list_strategies()),
-                         ("backbones", list_backbones()), ("configs", list_configs())]:
+                         ("backbones", list_backbones()), ("configs", list_configs()),
+                         ("project CLIP models (plus every open_clip architecture)", clips),
+                         ("pretrain-clip recipes", recipes)]:
         print(f"{title}:")
         width = max(map(len, items), default=0)
         for name, doc in items.items():
@@ -168,6 +211,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             report_benchmark(args.output)
             print(f"\nresults: {Path(args.output) / 'results.md'}")
             return 0
+        if args.command in ("pretrain-clip", "meta-train-gram", "base-to-new"):
+            from . import base_to_new, pretrain_clip
+
+            run = {"pretrain-clip": pretrain_clip.run_from_args, "base-to-new": base_to_new.run_from_args,
+                   "meta-train-gram": _run_meta_train_gram}[args.command]
+            try:
+                return run(args)
+            except KeyboardInterrupt:
+                return 130
+            except ValueError as e:
+                print(f"avalanche-fscl: error: {e}", file=sys.stderr)
+                return 2
         resume = bool(args.resume)
         cfg = _resume_config(args) if resume else config_from_args(args)
         check_light(cfg)  # before Avalanche is imported: answers in about a second

@@ -13,12 +13,14 @@ so a run checkpointed after a session and resumed with fresh objects continues e
 - :class:`PrototypeClassifierPlugin`: frozen base backbone + prototype classifier (CEC family).
 - :class:`FastSlowConsolidationPlugin`: FSCL, fast/slow weights with two-step consolidation.
 - :class:`RetrievalAugmentedPlugin`: RAML, prototypes + multi-view fusion over a retrieval memory.
+- :class:`GRAMPlugin`: GRAM, meta-learned prompt init + gradient regulator for CLIP prompt tuning.
 - :func:`extract_features`, :func:`class_mean_features`: batched, no-grad feature helpers.
 """
 
 from ._features import class_mean_features, extract_features
 from .ewc import StatefulEWCPlugin
 from .fast_slow import FastSlowConsolidationPlugin
+from .gram import GRAMPlugin
 from .fscil_metrics import FSCILMetric, FSCILSessionRow, FSCILTable, fscil_metrics
 from .lwf import StatefulLwFPlugin
 from .ncm import NCMClassifierPlugin
@@ -38,6 +40,7 @@ __all__ = [
     "PrototypeClassifierPlugin",
     "FastSlowConsolidationPlugin",
     "RetrievalAugmentedPlugin",
+    "GRAMPlugin",
     "extract_features",
     "class_mean_features",
 ]

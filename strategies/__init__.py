@@ -5,7 +5,8 @@ registered baselines.
 ``list_strategies()`` names them. Baselines: ``finetune``, ``ewc``, ``lwf``, ``replay``,
 ``ncm`` (iCaRL-style NCM with replay), ``joint`` (upper bound) and ``prototype``; methods:
 ``fscl`` (and its ablations ``fscl_no_step1``, ...), ``raml`` (``raml_external``, its
-ablations ``raml_no_retrieval``, ... and the ``knn`` baseline). A new
+ablations ``raml_no_retrieval``, ... and the ``knn`` baseline), and over a frozen CLIP
+``zeroshot_clip``, ``coop``, ``vpt`` and GRAM's ``gram_coop``, ``gram_vpt``, ``unigram``. A new
 method subclasses :class:`StrategySpec` and registers it with :func:`register_strategy`
 (the contract: :mod:`avalanche_fscl.strategies.spec`).
 """
@@ -14,6 +15,7 @@ from . import baselines as _baselines  # noqa: F401  (registers the baselines)
 from . import columns as _columns  # noqa: F401  (registers the evaluation columns)
 from . import fscl as _fscl  # noqa: F401  (registers fscl and its ablations)
 from . import raml as _raml  # noqa: F401  (registers raml, its ablations and knn)
+from . import clip as _clip  # noqa: F401  (registers zeroshot_clip, coop, vpt, gram_coop, gram_vpt, unigram)
 from .registry import (
     STRATEGIES,
     create_strategy,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -176,7 +177,10 @@ class FSCILStrategy(SupervisedTemplate):
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         super()._train_exp(experience, eval_streams, **kwargs)
         if self.capture_fitted_state:
-            self.fitted_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            self.fitted_state = {  # a module's extra state (plain data) is copied as is
+                k: v.detach().cpu().clone() if torch.is_tensor(v) else copy.deepcopy(v)
+                for k, v in self.model.state_dict().items()
+            }
 
     # ---------------------------------------------------------------------- data
     def _unpack_minibatch(self):

@@ -41,6 +41,8 @@ class FSCILScenario(CLScenario):
         heldout: a dataset of classes the stream never trains on (few-shot generalisation
             evaluation, e.g. the ``heldout_fewshot`` column), or ``None``; built on first
             access when the preset gave a loader.
+        eval_transform: the tensor transform of evaluation images (the stream's
+            normalisation, e.g. ``ToFloatNormalize``), or ``None``.
         external: an external retrieval corpus (e.g. RAML's memory): images of classes that
             appear in none of the stream's sessions and none of the held-out pool, labels are
             the corpus' own (not stream class ids), or ``None``; built on first access.
@@ -64,6 +66,7 @@ class FSCILScenario(CLScenario):
         super().__init__(streams)
         self._heldout = heldout
         self._external = external
+        self.eval_transform: Any = None
         self.session_classes = session_classes
         self.base_classes = session_classes[0]
         self.class_order = class_order
@@ -194,6 +197,8 @@ def fscil_benchmark(
         eval_transform: tensor transform of the "eval" group (normalisation).
         heldout: classes the stream never trains on, kept as ``scenario.heldout`` (a dataset
             whose items are ready-to-use tensors, or a function that builds it on first use).
+        eval_transform: the tensor transform of evaluation images (the stream's
+            normalisation, e.g. ``ToFloatNormalize``), or ``None``.
         external: an external retrieval corpus kept as ``scenario.external`` (same forms as
             ``heldout``); its images must belong to none of the stream's or held-out classes.
 
@@ -268,7 +273,7 @@ def fscil_benchmark(
                 {c: names[c] for c in sorted(exp.classes_seen_so_far)} if names else {}
             )
     session_classes = [[remap[c] for c in cls] for cls in session_orig]
-    return FSCILScenario(
+    scenario = FSCILScenario(
         streams,
         session_classes=session_classes,
         class_order=used,
@@ -281,6 +286,8 @@ def fscil_benchmark(
         heldout=heldout,
         external=external,
     )
+    scenario.eval_transform = eval_transform  # e.g. a CLIP model undoes this normalisation
+    return scenario
 
 
 def _session_train_indices(

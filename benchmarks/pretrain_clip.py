@@ -1,0 +1,408 @@
+"""``avalanche-fscl pretrain-clip``: contrastive pretraining of a small open_clip model on CPU or GPU.
+
+    avalanche-fscl pretrain-clip --config vit_p8_64                 # runs/clip/vit_p8_64
+    avalanche-fscl pretrain-clip --config vit_p8_64 --output DIR    # resumes DIR if it holds last.pt
+
+A recipe (``benchmarks/configs/clip/NAME.yaml``, or a YAML path) names the open_clip
+architecture, the corpus (:func:`avalanche_fscl.streams.captions.caption_corpus`) and the
+optimisation. The run writes ``DIR/last.pt`` (model, optimizer, step, history; atomically,
+every ``checkpoint_minutes``) and resumes from it exactly: data order and augmentation are
+functions of ``(seed, step)``, so a stopped and resumed run takes the same steps as an
+unstopped one. At the end it writes ``DIR/final.pt`` (fp16 weights, :func:`load_clip` format),
+``DIR/final.sha256`` and ``DIR/summary.json`` (zero-shot top-1 on Tiny ImageNet val, 200-way,
+and CIFAR-10 test, 10-way; wall time; the exact command).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["CLIPRecipe", "load_recipe", "list_recipes", "pretrain_clip", "zero_shot_accuracy", "RECIPE_DIR"]
+
+RECIPE_DIR = Path(__file__).with_name("configs") / "clip"
+# recipe fields that do not change what is trained (a resumed run may change them)
+_RUNTIME_FIELDS = ("threads", "checkpoint_minutes", "eval_images", "eval_minutes")
+
+
+@dataclass
+class CLIPRecipe:
+    """One pretraining recipe (every field has a unit or an allowed set).
+
+    model: open_clip architecture name (see ``load_clip``).
+    sources: corpus parts, any of ``tiny_imagenet``, ``cifar10``, ``image_text_pairs``.
+    epochs: passes over the corpus; batch_size: image-caption pairs per step.
+    lr: peak AdamW learning rate (linear warmup over ``warmup_steps``, cosine to 0);
+    weight_decay: on matrices only (not gains, biases, embeddings, logit scale).
+    loss: ``"unicl"`` (pairs of one concept are positives) or ``"clip"`` (InfoNCE on the diagonal).
+    precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"`` (time both on the first batch, keep the faster).
+    threads: torch CPU threads (0 = leave torch's default).
+    crop_scale: random-resized-crop area range; flip: random horizontal flips.
+    checkpoint_minutes: wall minutes between checkpoints.
+    eval_images: per-test-set images used by the periodic zero-shot check (the final one uses all).
+    eval_minutes: wall minutes between periodic zero-shot checks.
+    seed: data order, augmentation and initialisation.
+    """
+
+    model: str = "fscl-vit-p8-64"
+    sources: list[str] = field(default_factory=lambda: ["tiny_imagenet", "cifar10", "image_text_pairs"])
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 500
+    loss: str = "unicl"
+    precision: str = "auto"
+    threads: int = 2
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    flip: bool = True
+    checkpoint_minutes: float = 5.0
+    eval_images: int = 2000
+    eval_minutes: float = 15.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "loss": (self.loss, ("unicl", "clip")),
+            "precision": (self.precision, ("fp32", "bf16", "auto")),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"pretrain-clip recipe: {name}={value!r}; allowed: {', '.join(allowed)}")
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"pretrain-clip recipe: {name}={getattr(self, name)!r} must be >= 1")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"pretrain-clip recipe: crop_scale={self.crop_scale!r} must satisfy 0 < lo <= hi <= 1")
+        self.crop_scale = (float(lo), float(hi))
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str, **overrides: Any) -> CLIPRecipe:
+    """A shipped recipe by name or a YAML file; unknown keys are an error naming the allowed ones."""
+    import yaml
+
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = RECIPE_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ValueError(f"pretrain-clip: --config {name_or_path!r}: no such file or recipe; shipped: {', '.join(list_recipes())}")
+    data = {**(yaml.safe_load(path.read_text()) or {}), **overrides}
+    allowed = set(CLIPRecipe.__dataclass_fields__)
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ValueError(f"pretrain-clip recipe {path}: unknown keys {unknown}; allowed: {', '.join(sorted(allowed))}")
+    return CLIPRecipe(**data)
+
+
+# ------------------------------------------------------------------------------ pieces
+
+
+def random_resized_crop(x: Tensor, size: int, scale: tuple[float, float], flip: bool, g: torch.Generator) -> Tensor:
+    """Batched random-resized crop (aspect 3/4-4/3) + horizontal flip of float images
+    ``(B, C, H, W)`` -> ``(B, C, size, size)``, one ``roi_align`` call."""
+    from torchvision.ops import roi_align
+
+    b, _, h, w = x.shape
+    area = torch.empty(b).uniform_(*scale, generator=g) * h * w
+    logr = torch.empty(b).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g)
+    cw = (area * logr.exp()).sqrt().clamp(max=w)
+    ch = (area / logr.exp()).sqrt().clamp(max=h)
+    x0 = torch.rand(b, generator=g) * (w - cw)
+    y0 = torch.rand(b, generator=g) * (h - ch)
+    boxes = torch.stack([torch.arange(b, dtype=torch.float), x0, y0, x0 + cw, y0 + ch], 1)
+    out = roi_align(x, boxes.to(x), output_size=size, aligned=True, sampling_ratio=2)
+    if flip:
+        mirror = torch.rand(b, generator=g) < 0.5
+        out = torch.where(mirror.view(b, 1, 1, 1).to(out.device), out.flip(-1), out)
+    return out
+
+
+def contrastive_loss(img: Tensor, txt: Tensor, scale: Tensor, concept: Tensor | None) -> Tensor:
+    """Symmetric InfoNCE over normalised embeddings ``(B, D)``; with ``concept`` ``(B,)`` every
+    pair of one concept is a positive (targets uniform over them), else only the diagonal."""
+    logits = scale * img.float() @ txt.float().T
+    if concept is None:
+        target = torch.arange(len(img), device=img.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    same = (concept[:, None] == concept[None, :]).float()
+    target = same / same.sum(1, keepdim=True)
+    return (torch.sum(-target * logits.log_softmax(1), 1).mean() + torch.sum(-target * logits.T.log_softmax(1), 1).mean()) / 2
+
+
+@torch.no_grad()
+def zero_shot_accuracy(
+    model: nn.Module,
+    tokenizer,
+    images: Tensor,
+    labels: Tensor,
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    batch_size: int = 500,
+    autocast: bool = False,
+) -> float:
+    """Top-1 zero-shot accuracy (%) of ``model`` on ``uint8`` images ``(N, 3, H, W)``."""
+    from ..models.clip import clip_image_transform, encode_class_names
+
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    tf = clip_image_transform(model)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        w = encode_class_names(model, tokenizer, class_names, templates)
+        correct = 0
+        for i in range(0, len(images), batch_size):
+            f = model.encode_image(tf(images[i : i + batch_size].to(device)), normalize=True).float()
+            correct += (f @ w.T).argmax(1).eq(labels[i : i + batch_size].to(device)).sum().item()
+    model.train(was)
+    return 100.0 * correct / len(images)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and "embedding" not in n and "logit_scale" not in n else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _subset(n: int, k: int, seed: int) -> Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(n, k)]
+
+
+class _EvalSets:
+    """Tiny ImageNet val (200-way, imagenet1k templates) and CIFAR-10 test (cifar10 templates)."""
+
+    def __init__(self, data_root) -> None:
+        from ..streams.captions import cifar10_images, clip_templates, tiny_imagenet_classes, tiny_imagenet_images
+
+        self.sets = {}
+        tx, ty = tiny_imagenet_images(data_root, "val")
+        self.sets["tiny_imagenet_val"] = (tx, ty, tiny_imagenet_classes(data_root)[0], clip_templates("imagenet1k", data_root))
+        try:
+            cx, cy, names = cifar10_images(data_root, "test")
+            self.sets["cifar10_test"] = (cx, cy, names, clip_templates("cifar10", data_root))
+        except FileNotFoundError:
+            pass
+
+    def __call__(self, model, tokenizer, limit: int | None, autocast: bool) -> dict[str, float]:
+        out = {}
+        for name, (x, y, names, templates) in self.sets.items():
+            idx = _subset(len(x), limit, 0) if limit else torch.arange(len(x))
+            out[name] = round(zero_shot_accuracy(model, tokenizer, x[idx], y[idx], names, templates, autocast=autocast), 2)
+        return out
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def pretrain_clip(
+    recipe: CLIPRecipe,
+    output: str | os.PathLike,
+    data_root: str | os.PathLike | None = None,
+    device: str = "cpu",
+    max_steps: int | None = None,
+    progress: bool = True,
+    command: str | None = None,
+    allow_recipe_change: bool = False,
+) -> dict:
+    """Train (or resume) ``recipe`` into ``output``; returns the summary (see the module doc).
+
+    ``max_steps`` stops early after that many total steps (for tests and time-boxed runs); the
+    run stays resumable and writes no ``final.pt``. A resumed run must have the same recipe,
+    except the runtime fields (threads, checkpoint and eval timing); ``allow_recipe_change``
+    continues it with changed fields (e.g. more ``epochs``: the cosine schedule then follows
+    the new total), recorded in the summary's ``recipe_changes``.
+    """
+    from tqdm import tqdm
+
+    from ..models.clip import clip_image_size, load_clip, save_clip_checkpoint
+    from ..streams.captions import caption_corpus
+    from .io import load_torch, save_torch, write_json, write_text
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    model, _, tokenizer = load_clip(recipe.model, device=device)
+    model.train()
+    size = clip_image_size(model)
+    corpus = caption_corpus(data_root, recipe.sources, image_size=max(size, 32))
+    steps_per_epoch = len(corpus) // recipe.batch_size
+    total = recipe.epochs * steps_per_epoch
+    opt = torch.optim.AdamW(_param_groups(model, recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
+    state = {"step": 0, "elapsed_s": 0.0, "history": [], "precision": None}
+    last = out / "last.pt"
+    plain = asdict(recipe) | {"crop_scale": list(recipe.crop_scale)}
+    if last.exists():
+        ck = load_torch(last)
+        changed = {k: [ck["recipe"].get(k), v] for k, v in plain.items()
+                   if k not in _RUNTIME_FIELDS and ck["recipe"].get(k) != v}
+        if changed and not allow_recipe_change:
+            raise ValueError(f"pretrain-clip: {last} was written by another recipe (changed: {changed}); use another "
+                             "--output, or --allow-recipe-change to continue this run with them (e.g. more epochs)")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        state = ck["state"]
+        if changed:
+            state.setdefault("recipe_changes", []).append({"step": state["step"], "changed": changed})
+        print(f"pretrain-clip: resuming {out} at step {state['step']}/{total}", file=sys.stderr)
+    evals = _EvalSets(data_root)
+
+    def lr_at(step: int) -> float:
+        if step < recipe.warmup_steps:
+            return recipe.lr * (step + 1) / recipe.warmup_steps
+        t = (step - recipe.warmup_steps) / max(1, total - recipe.warmup_steps)
+        return 0.5 * recipe.lr * (1 + math.cos(math.pi * min(1.0, t)))
+
+    def batch(step: int) -> tuple[Tensor, Tensor, Tensor]:
+        epoch, i = divmod(step, steps_per_epoch)
+        order = torch.randperm(len(corpus), generator=torch.Generator().manual_seed(recipe.seed * 100_003 + epoch))
+        idx = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
+        g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
+        x = corpus.images[idx].to(device).float() / 255.0
+        x = random_resized_crop(x, size, recipe.crop_scale, recipe.flip, g)
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+        x = (x - torch.tensor(OPENAI_DATASET_MEAN, device=device).view(1, 3, 1, 1)) / torch.tensor(
+            OPENAI_DATASET_STD, device=device).view(1, 3, 1, 1)
+        text = tokenizer(corpus.sample_captions(idx, g)).to(device)
+        return x, text, corpus.concept[idx].to(device)
+
+    def train_step(step: int, bf16: bool) -> float:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        x, text, concept = batch(step)
+        torch.manual_seed(recipe.seed * 7919 + step)  # patch dropout draws from the global RNG
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            img = model.encode_image(x, normalize=True)
+            txt = model.encode_text(text, normalize=True)
+        loss = contrastive_loss(img, txt, model.logit_scale.exp(), concept if recipe.loss == "unicl" else None)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        return loss.item()
+
+    if state["precision"] is None:
+        state["precision"] = recipe.precision
+        if recipe.precision == "auto":  # time both on a throwaway copy, keep the faster
+            import copy
+
+            saved = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+            times = {}
+            for prec in ("fp32", "bf16"):
+                t = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    train_step(0, prec == "bf16")
+                    t.append(time.perf_counter() - t0)
+                times[prec] = min(t[1:])
+            model.load_state_dict(saved[0])
+            opt.load_state_dict(saved[1])
+            state["precision"] = min(times, key=times.get)
+            state["precision_timing_s"] = times
+            print(f"pretrain-clip: step time fp32 {times['fp32']:.3f}s, bf16 {times['bf16']:.3f}s -> {state['precision']}", file=sys.stderr)
+    bf16 = state["precision"] == "bf16"
+
+    def save() -> None:
+        save_torch(last, {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
+            "recipe": plain,
+        })
+
+    stop = total if max_steps is None else min(total, max_steps)
+    t_ckpt = t_eval = time.monotonic()
+    t_run = time.monotonic()
+    start_elapsed = state["elapsed_s"]
+    bar = tqdm(total=total, initial=state["step"], disable=not progress, desc=f"pretrain-clip {recipe.model}", unit="step")
+    loss_ema = None
+    try:
+        while state["step"] < stop:
+            loss = train_step(state["step"], bf16)
+            loss_ema = loss if loss_ema is None else 0.98 * loss_ema + 0.02 * loss
+            state.setdefault("losses", []).append(round(loss, 4))  # per step: the training curve
+            state["step"] += 1
+            state["elapsed_s"] = start_elapsed + time.monotonic() - t_run
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{lr_at(state['step']):.2e}", refresh=False)
+            now = time.monotonic()
+            if now - t_eval >= recipe.eval_minutes * 60:
+                acc = evals(model, tokenizer, recipe.eval_images, bf16)
+                state["history"].append({"step": state["step"], "minutes": round(state["elapsed_s"] / 60, 1), "loss": round(loss_ema, 4), **acc})
+                bar.write(f"pretrain-clip: {state['history'][-1]}")
+                t_eval = now
+            if now - t_ckpt >= recipe.checkpoint_minutes * 60:
+                save()
+                t_ckpt = now
+    except KeyboardInterrupt:
+        save()
+        bar.close()
+        print(f"pretrain-clip: stopped at step {state['step']}; run the same command to resume", file=sys.stderr)
+        raise
+    bar.close()
+    save()
+    summary = {"recipe": asdict(recipe), "steps": state["step"], "total_steps": total, "precision": state["precision"],
+               "wall_minutes": round(state["elapsed_s"] / 60, 1), "history": state["history"],
+               "corpus_images": len(corpus), "threads": torch.get_num_threads(), "device": device,
+               "command": command, "finished": state["step"] >= total,
+               "recipe_changes": state.get("recipe_changes", [])}
+    if state["step"] >= total:
+        summary["zero_shot"] = evals(model, tokenizer, None, bf16)
+        final = out / "final.pt"
+        save_clip_checkpoint(final, model, recipe.model, half=True, zero_shot=summary["zero_shot"], steps=state["step"])
+        summary["final_sha256"] = hashlib.sha256(final.read_bytes()).hexdigest()
+        write_text(out / "final.sha256", f"{summary['final_sha256']}  final.pt\n")
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("pretrain-clip", help="contrastive pretraining of a small CLIP (resumable)")
+    p.add_argument("--config", default="vit_p8_64", help=f"recipe name or YAML file (shipped: {', '.join(list_recipes())})")
+    p.add_argument("--output", help="run folder (default runs/clip/<config>); an existing last.pt there is resumed")
+    p.add_argument("--data-root", help="folder holding tiny_imagenet/, cifar10_jpeg/, ... (default $AVALANCHE_FSCL_DATA or ../shared/data)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--max-steps", type=int, help="stop after this many total steps (resumable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field (YAML value)")
+    p.add_argument("--allow-recipe-change", action="store_true",
+                   help="resume a run whose recipe fields changed (e.g. --set epochs=60 to train longer)")
+
+
+def run_from_args(args) -> int:
+    import yaml
+
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            raise ValueError(f"pretrain-clip: --set {item!r} must be KEY=VALUE")
+        k, v = item.split("=", 1)
+        overrides[k] = yaml.safe_load(v)
+    recipe = load_recipe(args.config, **overrides)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"pretrain-clip: --device {args.device}: CUDA is not available here")
+    output = args.output or str(Path("runs") / "clip" / Path(args.config).stem)
+    summary = pretrain_clip(recipe, output, args.data_root, args.device, args.max_steps,
+                            command="avalanche-fscl " + shlex.join(sys.argv[1:]),
+                            allow_recipe_change=args.allow_recipe_change)
+    print(json.dumps({k: summary[k] for k in ("steps", "total_steps", "wall_minutes", "finished")} | {"zero_shot": summary.get("zero_shot")}))
+    return 0

@@ -1,0 +1,234 @@
+"""open_clip models by name: real architectures (``ViT-B-32``, ...) and this project's small ones.
+
+    model, preprocess, tokenizer = load_clip("ViT-B-32", pretrained="laion2b_s34b_b79k")
+    model, preprocess, tokenizer = load_clip("fscl-vit-p8-64", pretrained="clip_vit_p8_64.pt")
+
+The project's configs live in ``models/clip_configs/*.json`` (open_clip's own format) and are
+registered with open_clip on import of this module, so ``open_clip.create_model`` knows them
+too. ``pretrained`` is an open_clip tag (downloads from the HF hub, impossible on machines
+without internet), a local checkpoint file (open_clip's ``.pt``/``.bin``/``.safetensors``, or a
+file written by ``avalanche-fscl pretrain-clip``) or ``None`` (random weights).
+
+Batches are tensors: :func:`clip_image_transform` turns ``uint8`` or ``[0, 1]`` float images
+``(N, C, H, W)`` into the model's input (resize, RGB, CLIP normalisation), on any device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "CLIP_CONFIG_DIR",
+    "KEPT_CLIP_DIR",
+    "PRECISIONS",
+    "load_clip",
+    "list_clip_models",
+    "project_clip_models",
+    "clip_image_transform",
+    "clip_image_size",
+    "encode_class_names",
+    "save_clip_checkpoint",
+]
+
+CLIP_CONFIG_DIR = Path(__file__).with_name("clip_configs")
+#: the project's kept checkpoints, ``<model name>.pt``: ``load_clip(name, pretrained="fscl")``
+KEPT_CLIP_DIR = Path(__file__).with_name("clip_weights")
+PRECISIONS = ("fp32", "bf16", "fp16", "amp", "amp_bf16", "pure_bf16", "pure_fp16")
+_registered = False
+
+
+def _register() -> None:
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(CLIP_CONFIG_DIR)
+        _registered = True
+
+
+def project_clip_models() -> list[str]:
+    """Names of this project's small open_clip configs (``models/clip_configs``)."""
+    return sorted(p.stem for p in CLIP_CONFIG_DIR.glob("*.json"))
+
+
+def list_clip_models() -> list[str]:
+    """Every architecture :func:`load_clip` accepts: open_clip's configs and the project's."""
+    _register()
+    import open_clip
+
+    return list(open_clip.list_models())
+
+
+def save_clip_checkpoint(
+    path: str | os.PathLike, model: nn.Module, model_name: str, half: bool = False, **meta: Any
+) -> None:
+    """Write ``{"model_name", "state_dict", **meta}`` atomically (float tensors in fp16 with
+    ``half``: half the file); :func:`load_clip` reads it back into the model's dtype and refuses
+    it for another architecture."""
+    from ..streams.data import atomic_path
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        torch.save({"model_name": model_name, "state_dict": state, **meta}, tmp)
+
+
+def _load_local(model: nn.Module, model_name: str, path: Path) -> None:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(ckpt, dict) and "model_name" in ckpt and ckpt["model_name"] != model_name:
+        raise ValueError(
+            f"load_clip: pretrained={str(path)!r} is a checkpoint of architecture {ckpt['model_name']!r}, "
+            f"not model_name={model_name!r}"
+        )
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise ValueError(
+            f"load_clip: pretrained={str(path)!r} does not fit architecture {model_name!r} "
+            f"({' '.join(first[:3])[:400]})"
+        ) from None
+
+
+def load_clip(
+    model_name: str,
+    pretrained: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    **model_kwargs: Any,
+) -> tuple[nn.Module, Callable, Callable[[str | Sequence[str]], Tensor]]:
+    """Build an open_clip model -> ``(model, preprocess, tokenizer)``, in eval mode on ``device``.
+
+    Args:
+        model_name: an open_clip architecture (``ViT-B-32``, ``ViT-B-16``, ...) or one of
+            :func:`project_clip_models`; unknown names raise ``ValueError`` listing the allowed ones.
+        pretrained: ``None`` (random init), an open_clip pretrained tag, ``"fscl"`` (the
+            project's kept checkpoint, ``models/clip_weights/<model_name>.pt``), or a local
+            checkpoint path (open_clip formats or :func:`save_clip_checkpoint`'s). A checkpoint
+            of another architecture raises ``ValueError``.
+        device: where the model lives.
+        precision: open_clip's precision (one of :data:`PRECISIONS`); ``"fp32"`` keeps fp32
+            weights (use autocast for mixed precision).
+        **model_kwargs: passed to ``open_clip.create_model`` (e.g. ``force_patch_dropout=0``).
+
+    Returns: the model; open_clip's eval transform for PIL images; a tokenizer that maps text
+    to ``int64`` tokens ``(N, context_length)`` with the model's own context length.
+    """
+    _register()
+    import open_clip
+
+    names = open_clip.list_models()
+    if model_name not in names:
+        raise ValueError(f"load_clip: unknown model_name={model_name!r}; allowed: {', '.join(names)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"load_clip: precision={precision!r}; allowed: {', '.join(PRECISIONS)}")
+    local = None
+    if pretrained == "fscl":  # the project's kept checkpoint of this architecture
+        pretrained = KEPT_CLIP_DIR / f"{model_name}.pt"
+        if not pretrained.is_file():
+            kept = sorted(p.stem for p in KEPT_CLIP_DIR.glob("*.pt"))
+            raise FileNotFoundError(
+                f"load_clip: pretrained='fscl': no kept checkpoint for {model_name!r} (kept: {', '.join(kept) or 'none'}); "
+                "train one with `avalanche-fscl pretrain-clip` and pass its final.pt")
+    if pretrained is not None:
+        p = Path(pretrained).expanduser()
+        if p.is_file():
+            local = p
+        elif os.sep in str(pretrained) or str(pretrained).endswith((".pt", ".pth", ".bin", ".safetensors")):
+            raise FileNotFoundError(f"load_clip: pretrained={str(pretrained)!r}: no such checkpoint file")
+        else:
+            tags = open_clip.list_pretrained_tags_by_model(model_name)
+            if str(pretrained) not in tags:
+                raise ValueError(
+                    f"load_clip: pretrained={str(pretrained)!r} is neither a file nor a tag of {model_name!r} "
+                    f"(tags: {', '.join(tags) or 'none'})"
+                )
+    class _Quiet(logging.Filter):  # the weights come from our file below, not "initialized randomly"
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not record.getMessage().startswith("No pretrained weights loaded")
+
+    quiet = _Quiet()
+    root = logging.getLogger()
+    with contextlib.ExitStack() as stack:
+        if local is not None:
+            root.addFilter(quiet)
+            stack.callback(root.removeFilter, quiet)
+        model = open_clip.create_model(
+            model_name,
+            pretrained=None if local is not None else (str(pretrained) if pretrained is not None else None),
+            precision=precision,
+            device="cpu",
+            **model_kwargs,
+        )
+    if local is not None:
+        _load_local(model, model_name, local)
+    model = model.to(device).eval()
+    preprocess = open_clip.image_transform(
+        clip_image_size(model), is_train=False,
+        mean=getattr(model.visual, "image_mean", None), std=getattr(model.visual, "image_std", None),
+    )
+    tokenizer = open_clip.get_tokenizer(model_name, context_length=model.context_length)
+    return model, preprocess, tokenizer
+
+
+def clip_image_size(model: nn.Module) -> int:
+    """Side of the square input image of ``model``'s visual tower, in pixels."""
+    size = model.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def clip_image_transform(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    """A tensor transform for ``model``: ``uint8 [0, 255]`` or float ``[0, 1]`` images
+    ``(N, C, H, W)`` or ``(C, H, W)`` (C = 1 or 3) -> float ``(N, 3, S, S)`` normalised with the
+    model's mean/std, S = :func:`clip_image_size` (bicubic, antialiased)."""
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    size = clip_image_size(model)
+    mean = torch.tensor(getattr(model.visual, "image_mean", None) or OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(getattr(model.visual, "image_std", None) or OPENAI_DATASET_STD).view(1, 3, 1, 1)
+
+    def transform(x: Tensor) -> Tensor:
+        single = x.dim() == 3
+        x = x[None] if single else x
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        x = (x - mean.to(x.device)) / std.to(x.device)
+        return x[0] if single else x
+
+    return transform
+
+
+@torch.no_grad()
+def encode_class_names(
+    model: nn.Module,
+    tokenizer: Callable,
+    class_names: Sequence[str],
+    templates: Sequence[str] = ("a photo of a {c}.",),
+    batch_size: int = 256,
+) -> Tensor:
+    """Zero-shot classifier weights: L2-normalised mean over ``templates`` (``{c}`` = the class
+    name) of the normalised text embeddings -> ``(len(class_names), embed_dim)`` float32."""
+    if not class_names:
+        raise ValueError("encode_class_names: class_names is empty")
+    device = next(model.parameters()).device
+    texts = [t.replace("{c}", n).replace("{}", n) for n in class_names for t in templates]
+    out = []
+    for i in range(0, len(texts), batch_size):
+        out.append(model.encode_text(tokenizer(texts[i : i + batch_size]).to(device), normalize=True).float())
+    emb = torch.cat(out).view(len(class_names), len(templates), -1).mean(1)
+    return F.normalize(emb, dim=-1)

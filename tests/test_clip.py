@@ -1,0 +1,464 @@
+"""open_clip loading, prompt learners, the gradient regulator, GRAM meta-training and plugin,
+CLIP pretraining (exact resume) and the CLIP strategies (tiny configs, random weights)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from avalanche_fscl.models.clip import (
+    clip_image_transform,
+    encode_class_names,
+    list_clip_models,
+    load_clip,
+    project_clip_models,
+    save_clip_checkpoint,
+)
+from avalanche_fscl.models.gram import GRAMMetaConfig, GRAMTaskSampler, load_gram_checkpoint, meta_train_gram
+from avalanche_fscl.models.prompts import PromptedCLIP
+from avalanche_fscl.models.regulator import GradientRegulator
+from avalanche_fscl.streams.captions import CaptionCorpus
+
+from conftest import require_dataset
+
+TEST_MODEL = "fscl-vit-test"
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)
+    model, _, tok = load_clip(TEST_MODEL)
+    return model, tok
+
+
+def _toy_corpus(n_concepts: int = 6, per: int = 24, size: int = 32) -> CaptionCorpus:
+    """Concepts = coloured squares at two brightness levels (two visual domains)."""
+    g = torch.Generator().manual_seed(0)
+    colours = torch.rand(n_concepts, 3, generator=g)
+    images, concept = [], []
+    for c in range(n_concepts):
+        for i in range(per):
+            level = 0.4 if i % 2 else 1.0
+            img = (colours[c].view(3, 1, 1) * level + 0.05 * torch.randn(3, size, size, generator=g)).clamp(0, 1)
+            images.append((img * 255).to(torch.uint8))
+            concept.append(c)
+    names = ["red thing", "green thing", "blue thing", "dark stone", "bright sky", "old wood"][:n_concepts]
+    return CaptionCorpus(torch.stack(images), torch.tensor(concept), [[f"a photo of a {n}.", f"a {n}."] for n in names],
+                         names, ["toy"] * n_concepts)
+
+
+# ------------------------------------------------------------------------------ load_clip
+
+
+def test_project_configs_registered_and_listed():
+    assert {"fscl-vit-p8-64", TEST_MODEL} <= set(project_clip_models())
+    assert {"ViT-B-32", "ViT-B-16", "fscl-vit-p8-64"} <= set(list_clip_models())
+
+
+def test_load_clip_shapes_tokenizer_and_transform(clip):
+    model, tok = clip
+    assert not model.training
+    t = tok(["a photo of a cat.", "dog"])
+    assert t.shape == (2, model.context_length) == (2, 16) and t.dtype == torch.long
+    tf = clip_image_transform(model)
+    x = tf(torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8))  # grey, small -> RGB at 32 px
+    assert x.shape == (3, 3, 32, 32) and x.dtype == torch.float32
+    w = encode_class_names(model, tok, ["cat", "dog", "car"], ["a photo of a {c}.", "a {c}."])
+    assert w.shape == (3, 32) and torch.allclose(w.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_load_clip_bad_arguments(tmp_path, clip):
+    with pytest.raises(ValueError, match=r"unknown model_name='ViT-Nope'.*allowed:.*ViT-B-32"):
+        load_clip("ViT-Nope")
+    with pytest.raises(ValueError, match=r"precision='fp8'"):
+        load_clip(TEST_MODEL, precision="fp8")
+    with pytest.raises(ValueError, match=r"neither a file nor a tag"):
+        load_clip(TEST_MODEL, pretrained="laion400m_e32")
+    with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
+        load_clip(TEST_MODEL, pretrained=str(tmp_path / "missing.pt"))
+    # a checkpoint of another architecture: named in the file, or not fitting
+    model, _ = clip
+    path = tmp_path / "test.pt"
+    save_clip_checkpoint(path, model, TEST_MODEL)
+    with pytest.raises(ValueError, match=r"checkpoint of architecture 'fscl-vit-test', not model_name='fscl-vit-p8-64'"):
+        load_clip("fscl-vit-p8-64", pretrained=path)
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match=r"does not fit architecture 'fscl-vit-p8-64'"):
+        load_clip("fscl-vit-p8-64", pretrained=tmp_path / "plain.pt")
+
+
+def test_checkpoint_round_trip_in_half(tmp_path, clip):
+    model, tok = clip
+    path = tmp_path / "half.pt"
+    save_clip_checkpoint(path, model, TEST_MODEL, half=True)
+    again, _, _ = load_clip(TEST_MODEL, pretrained=path)
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert a.dtype == b.dtype, k
+        assert torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-3), k
+
+
+def test_real_open_clip_architecture_builds_prompts():
+    model, _, tok = load_clip("ViT-B-32")
+    net = PromptedCLIP(model, tok, ["cat", "dog", "car"], text_prompt=True, n_ctx=2, visual_prompt=True, n_vpt=2,
+                       vpt_deep=True)
+    assert net.ctx.shape == (2, 512) and net.vpt.shape == (12, 2, 768)
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, 224, 224))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------------------ prompts
+
+
+def test_prompted_text_with_zero_context_matches_plain_encoder(clip):
+    """With ctx = the token embeddings of the words, CoOp's encoder equals CLIP's encode_text."""
+    model, tok = clip
+    net = PromptedCLIP(model, tok, ["cat", "sports car"], ctx_init="a photo of a")
+    assert net.n_ctx == 4
+    with torch.no_grad():
+        ours = net.text_features()
+        ref = F.normalize(model.encode_text(tok(["a photo of a cat.", "a photo of a sports car."])), dim=-1)
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_visual_prompts_change_features_and_pool_without_them(clip):
+    model, tok = clip
+    x = torch.randn(3, 3, 32, 32)
+    net = PromptedCLIP(model, tok, ["a", "b"], text_prompt=False, visual_prompt=True, n_vpt=3, vpt_deep=True)
+    with torch.no_grad():
+        plain = F.normalize(model.encode_image(x), dim=-1)
+        prompted = net.image_features(x)
+        net.vpt.zero_()
+        assert net.image_features(x).shape == plain.shape == (3, 32)
+    assert not torch.allclose(prompted, plain, atol=1e-4)
+
+
+def test_only_prompts_train_clip_frozen_and_not_in_optimizer(clip):
+    model, tok = clip
+    before = copy.deepcopy(model.state_dict())
+    net = PromptedCLIP(model, tok, ["cat", "dog", "bird"], n_ctx=2, visual_prompt=True, vpt_deep=True)
+    params = net.prompt_parameters()
+    assert {id(p) for p in params} == {id(net.ctx), id(net.vpt)}
+    assert all(not p.requires_grad for p in net.clip.parameters())
+    opt = torch.optim.Adam(params, lr=0.05)
+    held = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not held & {id(p) for p in net.clip.parameters()}
+    net.train()
+    assert not net.clip.training  # frozen: no dropout / patch dropout
+    toy = _toy_corpus(3, 2)  # three coloured squares, two images each
+    x, y = clip_image_transform(model)(toy.images), toy.concept
+    ctx0 = net.ctx.detach().clone()
+    losses = []
+    for _ in range(40):
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert not torch.equal(net.ctx, ctx0)
+    assert losses[-1] < 0.75 * losses[0]  # the prompts alone fit the batch
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_growing_classes_and_masking(clip):
+    model, tok = clip
+    net = PromptedCLIP(model, tok, {0: "cat", 1: "dog"}, class_specific=True, n_ctx=2)
+    assert net.ctx.shape == (2, 2, 32)
+    with torch.no_grad():
+        net.ctx[0].add_(1.0)  # a "learned" row must survive growth
+    row0 = net.ctx[0].detach().clone()
+    assert net.add_classes({1: "dog", 4: "car"}) == [4]
+    assert net.ctx.shape == (3, 2, 32) and torch.equal(net.ctx[0], row0)
+    out = net(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 5)
+    assert (out[:, [2, 3]] == -1e4).all() and (out[:, [0, 1, 4]] > -1e3).all()
+    with pytest.raises(ValueError, match="class 1 is 'dog', not 'wolf'"):
+        net.add_classes({1: "wolf"})
+    with pytest.raises(ValueError, match="empty name"):
+        net.add_classes({7: " "})
+
+
+def test_prompted_clip_bad_arguments(clip):
+    model, tok = clip
+    with pytest.raises(ValueError, match=r"n_ctx=0 must be >= 1"):
+        PromptedCLIP(model, tok, ["a"], n_ctx=0)
+    with pytest.raises(ValueError, match=r"n_vpt=0 must be >= 1"):
+        PromptedCLIP(model, tok, ["a"], visual_prompt=True, n_vpt=0)
+    with pytest.raises(ValueError, match="no classes yet"):
+        PromptedCLIP(model, tok, []).text_features()
+    rn, _, rtok = load_clip("RN50")
+    with pytest.raises(ValueError, match="needs a ViT image tower"):
+        PromptedCLIP(rn, rtok, ["a"], visual_prompt=True)
+
+
+def test_state_dict_round_trip_with_class_specific_context(clip):
+    model, tok = clip
+    a = PromptedCLIP(model, tok, {0: "cat", 1: "dog", 2: "car"}, class_specific=True, n_ctx=2, visual_prompt=True)
+    with torch.no_grad():
+        a.ctx.normal_()
+        a.vpt.normal_()
+    buf = {k: v for k, v in a.state_dict().items()}
+    b = PromptedCLIP(model, tok, class_specific=True, n_ctx=2, visual_prompt=True, seed=5)
+    b.load_state_dict(buf)
+    assert b.names == a.names and torch.equal(b.ctx, a.ctx) and torch.equal(b.vpt, a.vpt)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+
+
+# ------------------------------------------------------------------------------ regulator
+
+
+@pytest.mark.parametrize("mode", ["affine", "gated"])
+def test_untrained_regulator_is_the_identity(mode):
+    reg = GradientRegulator({"ctx": 32, "vpt": 16}, mode=mode)
+    g = torch.randn(3, 4, 32)
+    assert torch.equal(reg("ctx", g), g)
+    with pytest.raises(KeyError, match="no regulator for prompt 'nope'"):
+        reg("nope", g)
+    with pytest.raises(ValueError, match="gradient width 32 != 16"):
+        reg("vpt", g)
+
+
+def test_regulator_bad_arguments():
+    with pytest.raises(ValueError, match="mode='scale'; allowed: affine, gated"):
+        GradientRegulator({"ctx": 4}, mode="scale")
+    with pytest.raises(ValueError, match="widths is empty"):
+        GradientRegulator({})
+
+
+def test_identity_regulator_equals_plain_tuning(clip):
+    from avalanche_fscl.benchmarks.base_to_new import tune_prompts
+
+    model, tok = clip
+    x = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
+    y = torch.arange(12) % 3
+    tf = clip_image_transform(model)
+    nets = [PromptedCLIP(model, tok, ["a", "b", "c"], visual_prompt=True, input_transform=tf, seed=1) for _ in range(2)]
+    tune_prompts(nets[0], x, y, steps=4, lr=0.05, seed=3)
+    tune_prompts(nets[1], x, y, steps=4, lr=0.05, seed=3, regulator=GradientRegulator({"ctx": 32, "vpt": 32}))
+    assert torch.equal(nets[0].ctx, nets[1].ctx) and torch.equal(nets[0].vpt, nets[1].vpt)
+
+
+# ------------------------------------------------------------------------------ GRAM
+
+
+def test_task_sampler_support_and_query_from_different_domains():
+    rng = np.random.default_rng(0)
+    concept = np.repeat(np.arange(6), 20)
+    # two visual domains per concept, far apart; two caption topics
+    text = np.stack([np.eye(8)[c // 3] + 0.01 * rng.standard_normal(8) for c in range(6)])
+    dom = np.tile([0, 1], 60)
+    img = np.stack([np.eye(8)[4 + dom[i]] + 0.01 * rng.standard_normal(8) for i in range(120)])
+    s = GRAMTaskSampler(text, img, concept, topics=2, domains=2, ways=3, shots=2, queries=3, seed=0)
+    for _ in range(10):
+        si, ys, qi, yq, concepts = s.sample(rng)
+        assert len(si) == 6 and len(qi) == 9 and len(set(concepts)) == 3
+        assert len({c // 3 for c in concepts}) == 1  # one topic
+        assert set(dom[si]) != set(dom[qi]) and len(set(dom[si])) == len(set(dom[qi])) == 1
+        assert (concept[si] == np.asarray(concepts)[ys]).all() and (concept[qi] == np.asarray(concepts)[yq]).all()
+    with pytest.raises(ValueError, match="no topic has two domains"):
+        GRAMTaskSampler(text, img, concept, topics=2, domains=2, ways=4, shots=2, queries=3)
+
+
+def test_meta_training_resumes_exactly_and_learns_a_regulator(tmp_path):
+    corpus = _toy_corpus()
+    cfg = GRAMMetaConfig(clip_model=TEST_MODEL, prompt="unigram", topics=1, domains=2, ways=2, shots=2, queries=3,
+                         episodes=6, meta_batch=2, inner_lr=0.5, regulator_lr=0.01)
+    straight = load_gram_checkpoint(meta_train_gram(cfg, tmp_path / "a", corpus=corpus, progress=False))
+    last = meta_train_gram(cfg, tmp_path / "b", corpus=corpus, progress=False, max_episodes=3)
+    assert last.name == "last.pt" and not (tmp_path / "b" / "gram.pt").exists()
+    resumed = load_gram_checkpoint(meta_train_gram(cfg, tmp_path / "b", corpus=corpus, progress=False))
+    for k in straight["prompts"]:
+        assert torch.equal(straight["prompts"][k], resumed["prompts"][k]), k
+    for k in straight["regulator"]:
+        assert torch.equal(straight["regulator"][k], resumed["regulator"][k]), k
+    # the meta-trained regulator is no longer the identity
+    from avalanche_fscl.models.gram import build_regulator
+
+    reg = build_regulator(straight)
+    g = torch.randn(4, 32)
+    assert not torch.allclose(reg("ctx", g), g)
+    with pytest.raises(ValueError, match="written with other settings"):
+        meta_train_gram(GRAMMetaConfig(**{**cfg.__dict__, "episodes": 7}), tmp_path / "b", corpus=corpus, progress=False)
+
+
+def test_meta_config_bad_arguments():
+    with pytest.raises(ValueError, match="prompt='text'; allowed: coop, vpt, unigram"):
+        GRAMMetaConfig(prompt="text")
+    with pytest.raises(ValueError, match="domains=1 must be >= 2"):
+        GRAMMetaConfig(domains=1)
+    with pytest.raises(ValueError, match="regulator='x'"):
+        GRAMMetaConfig(regulator="x")
+
+
+def test_gram_plugin_loads_init_regulates_and_grows(tmp_path, clip):
+    """In an Avalanche strategy: the init is loaded once, every update is regulated, class
+    names grow; the same strategy without regulation gives a different update."""
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    from avalanche.benchmarks.utils import as_classification_dataset
+    from avalanche.training import Naive
+
+    from avalanche_fscl.streams.data import TensorImageDataset as TensorDataset
+
+    from avalanche_fscl.plugins import GRAMPlugin
+
+    model, tok = clip
+    corpus = _toy_corpus()
+    cfg = GRAMMetaConfig(clip_model=TEST_MODEL, prompt="coop", topics=1, domains=2, ways=2, shots=2, queries=3,
+                         episodes=4, meta_batch=2, inner_lr=0.5, regulator_lr=0.05, n_ctx=2, ctx_init=None)
+    path = meta_train_gram(cfg, tmp_path / "m", corpus=corpus, progress=False)
+    ck = load_gram_checkpoint(path)
+
+    def run(plugin):
+        torch.manual_seed(0)
+        net = PromptedCLIP(model, tok, n_ctx=2, input_transform=clip_image_transform(model))
+        x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8).float() / 255
+        ds = [as_classification_dataset(TensorDataset(x[:4], torch.tensor([0, 1, 0, 1]))),
+              as_classification_dataset(TensorDataset(x[4:], torch.tensor([2, 3, 2, 3])))]
+        bm = benchmark_from_datasets(train=ds, test=ds)
+        strat = Naive(model=net, optimizer=torch.optim.SGD(net.prompt_parameters(), lr=0.5), train_mb_size=4,
+                      train_epochs=1, eval_mb_size=4, plugins=[plugin], evaluator=None)
+        seen = []
+        for exp in bm.train_stream:
+            strat.train(exp)
+            seen.append(sorted(net.names))
+        return net, seen
+
+    names = {0: "red thing", 1: "green thing", 2: "blue thing", 3: "dark stone"}
+    plugin = GRAMPlugin(str(path), class_names=names)
+    net, seen = run(plugin)
+    assert seen == [[0, 1], [0, 1, 2, 3]]
+    assert plugin.init_loaded and plugin.state_dict() == {"init_loaded": True}
+    plain, _ = run(GRAMPlugin(str(path), regulate=False, class_names=names))
+    init_only = ck["prompts"]["ctx"]
+    assert not torch.equal(net.ctx.detach().cpu(), init_only)  # trained from the init
+    assert not torch.allclose(net.ctx, plain.ctx)  # the regulator changed the updates
+    with pytest.raises(FileNotFoundError, match="meta-train-gram"):
+        GRAMPlugin(str(tmp_path / "none.pt"))
+
+
+# ------------------------------------------------------------------------------ pretraining
+
+
+def test_pretrain_clip_resumes_exactly_and_learns(tmp_path, data_root):
+    require_dataset(data_root, "cifar10_jpeg")
+    require_dataset(data_root, "tiny_imagenet")
+    from avalanche_fscl.benchmarks.pretrain_clip import load_recipe, pretrain_clip
+
+    recipe = load_recipe("test_tiny", epochs=1)
+    a = pretrain_clip(recipe, tmp_path / "a", data_root, max_steps=16, progress=False)
+    pretrain_clip(recipe, tmp_path / "b", data_root, max_steps=7, progress=False)
+    b = pretrain_clip(recipe, tmp_path / "b", data_root, max_steps=16, progress=False)
+    assert a["steps"] == b["steps"] == 16 and not a["finished"]
+    sa = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    sb = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    for k in sa["model"]:
+        assert torch.equal(sa["model"][k], sb["model"][k]), k
+    losses = sa["state"]["losses"]
+    assert losses == sb["state"]["losses"] and len(losses) == 16
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.05  # the contrastive loss falls
+    with pytest.raises(ValueError, match=r"another recipe \(changed: \{'lr'"):
+        pretrain_clip(load_recipe("test_tiny", epochs=1, lr=0.01), tmp_path / "b", data_root, max_steps=17, progress=False)
+
+
+def test_zero_shot_accuracy_matches_a_manual_argmax(clip):
+    from avalanche_fscl.benchmarks.pretrain_clip import zero_shot_accuracy
+
+    model, tok = clip
+    x = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
+    y = torch.arange(20) % 4
+    names, templates = ["cat", "dog", "car", "tree"], ["a photo of a {c}.", "a {c}."]
+    with torch.no_grad():
+        w = encode_class_names(model, tok, names, templates)
+        pred = (F.normalize(model.encode_image(clip_image_transform(model)(x)), dim=-1) @ w.T).argmax(1)
+    assert zero_shot_accuracy(model, tok, x, y, names, templates, batch_size=7) == pytest.approx(100 * (pred == y).float().mean().item())
+
+
+def test_pretrain_recipe_errors():
+    from avalanche_fscl.benchmarks.pretrain_clip import load_recipe
+
+    with pytest.raises(ValueError, match=r"--config 'nope': no such file or recipe; shipped: .*vit_p8_64"):
+        load_recipe("nope")
+    with pytest.raises(ValueError, match=r"unknown keys \['lr_max'\]"):
+        load_recipe("test_tiny", lr_max=1)
+    with pytest.raises(ValueError, match=r"loss='mse'; allowed: unicl, clip"):
+        load_recipe("test_tiny", loss="mse")
+
+
+def test_cli_pretrain_clip_bad_config_is_one_line(capsys):
+    from avalanche_fscl.benchmarks.cli import main
+
+    assert main(["pretrain-clip", "--config", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such file or recipe" in err[0]
+
+
+# ------------------------------------------------------------------------------ strategies
+
+
+def test_clip_strategies_registered_with_clear_errors():
+    from avalanche_fscl.strategies import list_strategies, make_spec
+
+    assert {"zeroshot_clip", "coop", "vpt", "gram_coop", "gram_vpt", "unigram"} <= set(list_strategies())
+    with pytest.raises(ValueError, match="gram=True needs meta_checkpoint"):
+        make_spec("gram_coop")
+    with pytest.raises(ValueError, match=r"n_ctx=0 must be >= 1"):
+        make_spec("coop", {"n_ctx": 0, "ctx_init": None})
+    with pytest.raises(ValueError, match=r"clip_model='ViT-Nope'"):
+        make_spec("coop", {"clip_model": "ViT-Nope"})
+
+
+def test_clip_strategy_in_the_runner(tmp_path):
+    """zeroshot_clip and coop through the runner on the embedded digits stream."""
+    from avalanche_fscl.benchmarks import config_from_dict
+    from avalanche_fscl.benchmarks.runner import run_benchmark
+
+    args = {"clip_model": TEST_MODEL, "clip_checkpoint": None, "base_epochs": 2, "novel_epochs": 2, "lr": 0.01}
+    cfg = config_from_dict({"stream": {"name": "digits_fscil"}, "strategies": ["zeroshot_clip", "coop"],
+                            "strategy_args": {"coop": args, "zeroshot_clip": {"clip_model": TEST_MODEL, "clip_checkpoint": None}},
+                            "seeds": [0], "output": str(tmp_path / "out"), "wandb": {"mode": "off"}})
+    run_benchmark(cfg, progress=False)
+    res = {r: json.loads((tmp_path / "out" / "runs" / r / "seed0.json").read_text()) for r in ("zeroshot_clip", "coop")}
+    assert res["coop"]["hparams"]["lr"] == 0.01 and res["zeroshot_clip"]["hparams"]["clip_model"] == TEST_MODEL
+    assert res["coop"]["table"] != res["zeroshot_clip"]["table"]  # coop trained its prompts
+
+
+def test_clip_strategy_keeps_clip_frozen_and_grows_names():
+    from avalanche_fscl.strategies import StrategyContext, create_strategy
+    from avalanche_fscl.streams import get_stream
+
+    scenario = get_stream("digits_fscil", seed=0)
+    ctx = StrategyContext(scenario, seed=0)
+    strat = create_strategy("coop", ctx, strategy_args={"clip_model": TEST_MODEL, "clip_checkpoint": None,
+                                                        "base_epochs": 1, "novel_epochs": 2, "lr": 0.05})
+    net = strat.model
+    before = {k: v.clone() for k, v in net.clip.state_dict().items()}
+    ctx0 = net.ctx.detach().clone()
+    for s, exp in enumerate(scenario.train_stream[:2]):
+        strat.train(exp)
+        assert sorted(net.names) == sorted(exp.classes_seen_so_far)
+        assert [net.names[c] for c in sorted(net.names)] == scenario.class_names[: len(net.names)]
+    held = {id(p) for g in strat.optimizer.param_groups for p in g["params"]}
+    assert held == {id(net.ctx)}
+    assert not torch.equal(net.ctx.detach(), ctx0)
+    for k, v in net.clip.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.cuda
+def test_prompt_tuning_on_cuda_with_bf16():
+    model, _, tok = load_clip(TEST_MODEL, device="cuda")
+    net = PromptedCLIP(model, tok, ["a", "b"], visual_prompt=True, autocast="bf16").cuda()
+    opt = torch.optim.SGD(net.prompt_parameters(), lr=0.1)
+    x, y = torch.randn(4, 3, 32, 32, device="cuda"), torch.tensor([0, 1, 0, 1], device="cuda")
+    loss = F.cross_entropy(net(x), y)
+    loss.backward()
+    opt.step()
+    assert net.ctx.dtype == torch.float32 and net.ctx.grad is not None and torch.isfinite(loss)
