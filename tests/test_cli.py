@@ -137,10 +137,10 @@ def test_every_shipped_config_is_valid():
 
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     assert names == ["cifar100_fscil", "cub200_fscil", "digits_fscil", "mini_imagenet_fscil",
-                     "omniglot_fscil", "omniglot_tasks", "tiny_imagenet_fscil"]
+                     "omniglot_fscil", "omniglot_tasks", "tiny_imagenet_fscil", "tiny_imagenet_fscil_clip"]
     for name in names:
         cfg = load_config(name)
         if cfg.device.startswith("cuda"):
             cfg.device = "cpu"  # the GPU configs are checked here as CPU ones
         check_config(cfg)
-        assert cfg.stream.name == (name if name != "omniglot_tasks" else "omniglot_fscil")
+        assert cfg.stream.name == {"omniglot_tasks": "omniglot_fscil", "tiny_imagenet_fscil_clip": "tiny_imagenet_fscil"}.get(name, name)

@@ -43,6 +43,9 @@ def test_exports():
         "Conv4", "FSCILNet", "MASK_VALUE", "ResNet12", "ResNet18",
         "BACKBONES", "create_backbone", "list_backbones", "default_backbone_for",
         "MultiViewFusionHead", "FUSIONS",
+        "load_clip", "list_clip_models", "project_clip_models", "clip_image_transform", "encode_class_names",
+        "save_clip_checkpoint", "PromptedCLIP", "GradientRegulator", "GRAMMetaConfig", "meta_train_gram",
+        "load_gram_checkpoint",
     }  # fmt: skip
     for name in models.__all__:
         assert hasattr(models, name)
