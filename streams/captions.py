@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .data import cached_array, dataset_folder, decode_images, file_fingerprint, require_files, resize_images
+from .presets import _read_tsv  # one TSV reader for the shared data
 
 __all__ = [
     "TINY_CLIP_HOLDOUT",
@@ -42,13 +43,6 @@ __all__ = [
 
 TINY_CLIP_HOLDOUT = 30
 CORPUS_SOURCES = ("tiny_imagenet", "cifar10", "image_text_pairs")
-
-
-def _read_tsv(path: Path) -> list[dict[str, str]]:
-    import csv
-
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
 
 
 def clip_templates(dataset: str, data_root: str | os.PathLike | None = None) -> list[str]:
