@@ -12,7 +12,8 @@ Protocol (one command reproduces the table; a stopped run resumes cell by cell):
 - shift: shots and test images are degraded alike (``lowres``: 4x down- then up-sampled;
   ``grayscale``; ``none``), the downstream domain the prompts must adapt to.
 - methods: ``zeroshot`` (no training), ``coop``, ``vpt``, ``gram_coop``, ``gram_vpt``,
-  ``unigram``; every trained method runs ``steps`` SGD steps (batch 32, momentum 0.9, cosine,
+  ``unigram``; ablations ``<gram method>_noreg`` (meta-learned init, plain gradients) and
+  ``<gram method>_noinit`` (plain init, regulated gradients); every trained method runs ``steps`` SGD steps (batch 32, momentum 0.9, cosine,
   random-resized-crop + flip) at ``lr``. GRAM methods start from a meta-learned prompt and
   regulate every gradient; their meta-training (``meta-train-gram``, once per prompt kind,
   stored under ``OUTPUT/meta``) uses the corpus restricted to the base classes, so new classes'
@@ -23,6 +24,8 @@ Protocol (one command reproduces the table; a stopped run resumes cell by cell):
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -30,19 +33,28 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["METHODS", "SHIFTS", "apply_shift", "tune_prompts", "run_base_to_new"]
+__all__ = ["METHODS", "ABLATIONS", "SHIFTS", "apply_shift", "tune_prompts", "run_base_to_new"]
 
 METHODS = ("zeroshot", "coop", "vpt", "gram_coop", "gram_vpt", "unigram")
+GRAM_METHODS = ("gram_coop", "gram_vpt", "unigram")
+# ablations of each GRAM method: the meta-learned init with plain gradients, or the regulator from the plain init
+ABLATIONS = tuple(f"{m}{part}" for m in GRAM_METHODS for part in ("_noreg", "_noinit"))
 SHIFTS = ("lowres", "grayscale", "none")
 _KIND = {"zeroshot": None, "coop": "coop", "vpt": "vpt", "gram_coop": "coop", "gram_vpt": "vpt", "unigram": "unigram"}
+_KIND |= {a: _KIND[a.rsplit("_no", 1)[0]] for a in ABLATIONS}
+
+
+def _is_gram(method: str) -> bool:
+    return method.split("_no")[0] in GRAM_METHODS
 
 
 def apply_shift(images: Tensor, shift: str) -> Tensor:
@@ -91,16 +103,51 @@ def tune_prompts(net, images: Tensor, labels: Tensor, *, steps: int, lr: float, 
 
 
 @torch.no_grad()
-def _accuracy(net, images: Tensor, labels: Tensor, class_ids: Sequence[int], batch: int = 500) -> float:
-    """Top-1 (%) among ``class_ids`` only."""
+def _accuracy(net, images: Tensor, labels: Tensor, class_ids: Sequence[int], batch: int = 500,
+              cache: dict | None = None, key: str = "") -> float:
+    """Top-1 (%) among ``class_ids`` only. Without visual prompts the image features do not
+    depend on the prompts: they are computed once into ``cache[key]`` (same batches, same values)."""
     net.eval()
     dev = next(net.parameters()).device
     cols = torch.tensor(list(class_ids), device=dev)
+    reuse = cache is not None and not net.visual_prompt
+    if reuse and key not in cache:
+        with net.amp():
+            cache[key] = [net.image_features(images[i : i + batch].float().div(255.0).to(dev))
+                          for i in range(0, len(images), batch)]
     correct = 0
-    for i in range(0, len(images), batch):
-        logits = net(images[i : i + batch].float().div(255.0).to(dev))[:, cols]
+    for j, i in enumerate(range(0, len(images), batch)):
+        if reuse:
+            with net.amp():
+                txt = net.text_features()
+            logits = net.logits_from(cache[key][j].float(), txt.float())[:, cols]
+        else:
+            logits = net(images[i : i + batch].float().div(255.0).to(dev))[:, cols]
         correct += cols[logits.argmax(1)].eq(labels[i : i + batch].to(dev)).sum().item()
     return 100.0 * correct / len(images)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path``'s folder (``.lock``): processes sharing an output serialise writes."""
+    with open(path.parent / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _merge_cell(res_path: Path, results: dict, key: str) -> None:
+    """Write one finished cell, keeping cells other processes wrote meanwhile (e.g. one process
+    per method on the same output)."""
+    from .io import write_json
+
+    with _locked(res_path):
+        if res_path.exists():
+            disk = json.loads(res_path.read_text())
+            results["cells"] = {**disk["cells"], key: results["cells"][key]}
+        write_json(res_path, results)
 
 
 def _stats(v: Sequence[float]) -> dict[str, float]:
@@ -128,6 +175,7 @@ def run_base_to_new(
     device: str = "cpu",
     threads: int = 0,
     validation: bool = False,
+    meta: Mapping[str, Any] | None = None,
     command: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every (method, K, seed) cell into ``output``; returns the results.
@@ -135,25 +183,36 @@ def run_base_to_new(
     ``validation=True`` is the split for choosing hyper-parameters, carved from training data
     only: base = Tiny ImageNet labels 0-49, new = 50-99; shots from the first 16 shot-pool
     images of each class, test images = the other 14; no val image, no label >= 100 and no
-    CIFAR-10 image is used (GRAM meta-trains on labels 0-49 there)."""
+    CIFAR-10 image is used (GRAM meta-trains on labels 0-49 there).
+
+    ``meta`` overrides GRAM's meta-training settings (:class:`GRAMMetaConfig` fields; by default
+    ``inner_lr = lr`` and ``episodes = meta_episodes``)."""
     from ..models.clip import clip_image_transform, load_clip
     from ..models.gram import GRAMMetaConfig, build_regulator, load_gram_checkpoint, meta_train_gram, prompt_flags
     from ..models.prompts import PromptedCLIP
     from ..streams.captions import cifar10_images, tiny_imagenet_classes, tiny_imagenet_images
     from .io import write_json, write_text
 
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in _KIND]
     if bad:
-        raise ValueError(f"methods {bad}; allowed: {', '.join(METHODS)}")
+        raise ValueError(f"methods {bad}; allowed: {', '.join(METHODS + ABLATIONS)}")
     if any(k < 1 or k > 30 for k in shots):
         raise ValueError(f"shots={list(shots)}: each must be in 1..30 (the shot pool has 30 images per class)")
     apply_shift(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), shift)
+    meta = dict(meta or {})
+    fixed = {"clip_model", "clip_checkpoint", "prompt", "n_ctx", "ctx_init", "n_vpt", "vpt_deep", "tiny_classes"}
+    bad = sorted((set(meta) - set(GRAMMetaConfig.__dataclass_fields__)) | (set(meta) & fixed))
+    if bad:
+        raise ValueError(f"meta={bad}: not settable here; allowed: "
+                         f"{', '.join(sorted(set(GRAMMetaConfig.__dataclass_fields__) - fixed))}")
     if threads:
         torch.set_num_threads(threads)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"clip_model": clip_model, "clip_checkpoint": str(clip_checkpoint), "shift": shift, "steps": steps,
                 "lr": lr, "validation": validation, "n_ctx": n_ctx, "ctx_init": ctx_init, "n_vpt": n_vpt, "vpt_deep": vpt_deep, "meta_episodes": meta_episodes}
+    if meta:  # only when given, so runs recorded before this option still resume
+        settings["meta"] = meta
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {"settings": settings, "cells": {}}
     if results["settings"] != settings:
@@ -187,14 +246,20 @@ def run_base_to_new(
 
     # meta-training, once per prompt kind, on the base classes' corpus
     metas = {}
-    for kind in sorted({_KIND[m] for m in methods if m.startswith("gram") or m == "unigram"}):  # noqa: C401
+    for kind in sorted({_KIND[m] for m in methods if _is_gram(m)}):
         mdir = out / "meta" / kind
+        kw = {"inner_lr": lr, "episodes": meta_episodes, "threads": threads} | meta
+        cfg = GRAMMetaConfig(clip_model=clip_model, clip_checkpoint=None if clip_checkpoint is None else str(clip_checkpoint), prompt=kind, n_ctx=n_ctx,
+                             ctx_init=ctx_init, n_vpt=n_vpt, vpt_deep=vpt_deep, tiny_classes=base, **kw)
         if not (mdir / "gram.pt").exists():
-            cfg = GRAMMetaConfig(clip_model=clip_model, clip_checkpoint=None if clip_checkpoint is None else str(clip_checkpoint), prompt=kind, n_ctx=n_ctx,
-                                 ctx_init=ctx_init, n_vpt=n_vpt, vpt_deep=vpt_deep, inner_lr=lr, episodes=meta_episodes,
-                                 tiny_classes=base, threads=threads)
             meta_train_gram(cfg, mdir, data_root, device)
         metas[kind] = load_gram_checkpoint(mdir / "gram.pt")
+        made = {**asdict(GRAMMetaConfig()), **metas[kind].get("config", {})}
+        want = asdict(cfg)
+        diff = sorted(k for k in want if k not in ("threads", "checkpoint_minutes") and made[k] != want[k])
+        if diff:
+            raise ValueError(f"base-to-new: {mdir / 'gram.pt'} was meta-trained with other settings ({diff}); "
+                             "use another --output")
 
     def make_net(method: str, seed: int) -> tuple[PromptedCLIP, Any]:
         kind = _KIND[method]
@@ -202,11 +267,14 @@ def run_base_to_new(
             "text_prompt": False, "visual_prompt": False}
         net = PromptedCLIP(clip, tokenizer, {c: names[c] for c in base}, input_transform=to_clip, seed=seed, **flags)
         reg = None
-        if method.startswith("gram") or method == "unigram":
-            net.load_prompt_state(metas[kind]["prompts"])
-            reg = build_regulator(metas[kind]).to(device).eval()
+        if _is_gram(method):
+            if not method.endswith("_noinit"):
+                net.load_prompt_state(metas[kind]["prompts"])
+            if not method.endswith("_noreg"):
+                reg = build_regulator(metas[kind]).to(device).eval()
         return net.to(device), reg
 
+    feats: dict[str, list[Tensor]] = {}  # test image features of the frozen CLIP (no visual prompt)
     t_start = time.perf_counter()
     for k in shots:
         for seed in seeds:
@@ -222,20 +290,22 @@ def run_base_to_new(
                 torch.manual_seed(seed)
                 net, reg = make_net(method, seed)
                 sec_step = tune_prompts(net, sx, sy, steps=0 if method == "zeroshot" else steps, lr=lr, regulator=reg, seed=seed)
-                acc_base = _accuracy(net, val_x[test_base], val_y[test_base], base)
+                acc_base = _accuracy(net, val_x[test_base], val_y[test_base], base, cache=feats, key="base")
                 net.add_classes({c: names[c] for c in new})
-                acc_new = _accuracy(net, val_x[test_new], val_y[test_new], new)
+                acc_new = _accuracy(net, val_x[test_new], val_y[test_new], new, cache=feats, key="new")
                 acc_c10 = None
                 if cx is not None:
                     net.add_classes({200 + i: n for i, n in enumerate(cnames)})
-                    acc_c10 = round(_accuracy(net, cx, cy + 200, [200 + i for i in range(10)]), 2)
+                    acc_c10 = round(_accuracy(net, cx, cy + 200, [200 + i for i in range(10)], cache=feats, key="c10"), 2)
                 hm = 2 * acc_base * acc_new / (acc_base + acc_new) if acc_base + acc_new > 0 else 0.0
                 results["cells"][key] = {"base": round(acc_base, 2), "new": round(acc_new, 2), "hm": round(hm, 2),
                                          "cifar10": acc_c10, "sec_per_step": round(sec_step, 4),
                                          "seconds": round(time.perf_counter() - t0, 1)}
                 print(f"base-to-new {key}: {results['cells'][key]}", file=sys.stderr, flush=True)
-                write_json(res_path, results)
-    # summary
+                _merge_cell(res_path, results, key)
+    # summary (of every cell on disk: other processes may have added some)
+    with _locked(res_path):
+        results["cells"] = json.loads(res_path.read_text())["cells"] if res_path.exists() else results["cells"]
     summary: dict[str, Any] = {}
     for method in methods:
         for k in shots:
@@ -250,7 +320,8 @@ def run_base_to_new(
     results["seeds"], results["shots"], results["methods"] = list(seeds), list(shots), list(methods)
     results["command"] = command
     results["wall_minutes_this_call"] = round((time.perf_counter() - t_start) / 60, 1)
-    write_json(res_path, results)
+    with _locked(res_path):
+        write_json(res_path, results)
     write_text(out / "results.md", _markdown(results))
     return results
 
@@ -283,7 +354,8 @@ def add_parser(sub) -> None:
     p.add_argument("--clip-checkpoint", default="fscl", help="'fscl' (kept), a file, an open_clip tag, or 'none' (random weights)")
     p.add_argument("--shots", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), help=f"any of {', '.join(METHODS)}")
+    p.add_argument("--methods", nargs="+", default=list(METHODS),
+                   help=f"any of {', '.join(METHODS)}; ablations: {', '.join(ABLATIONS)}")
     p.add_argument("--shift", default="lowres", choices=SHIFTS)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--lr", type=float, default=0.002)
@@ -295,16 +367,20 @@ def add_parser(sub) -> None:
     p.add_argument("--data-root")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--meta-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a GRAM meta-training setting (GRAMMetaConfig field), e.g. --meta-set inner_steps=5")
     p.add_argument("--validation", action="store_true",
                    help="the hyper-parameter split: labels 0-49 base / 50-99 new, shot-pool images only (no test image)")
 
 
 def run_from_args(args) -> int:
+    from ..models.gram import meta_config_overrides
+
     run_base_to_new(
         args.output, clip_model=args.clip_model, clip_checkpoint=None if args.clip_checkpoint.lower() == "none" else args.clip_checkpoint, shots=args.shots, seeds=args.seeds,
         methods=args.methods, shift=args.shift, steps=args.steps, lr=args.lr, n_ctx=args.n_ctx, ctx_init=args.ctx_init or None, n_vpt=args.n_vpt,
         vpt_deep=args.vpt_deep, meta_episodes=args.meta_episodes, data_root=args.data_root, device=args.device,
-        threads=args.threads, validation=args.validation, command="avalanche-fscl " + shlex.join(sys.argv[1:]),
+        threads=args.threads, validation=args.validation, meta=meta_config_overrides(args.meta_set, "base-to-new --meta-set"), command="avalanche-fscl " + shlex.join(sys.argv[1:]),
     )
     print(f"results: {Path(args.output) / 'results.md'}")
     return 0

@@ -96,15 +96,10 @@ def _add_meta_train_gram(sub) -> None:
 
 
 def _run_meta_train_gram(args) -> int:
-    from ..models.gram import GRAMMetaConfig, meta_train_gram
+    from ..models.gram import GRAMMetaConfig, meta_config_overrides, meta_train_gram
 
-    fields = set(GRAMMetaConfig.__dataclass_fields__)
     kw = {"clip_model": args.clip_model, "clip_checkpoint": None if args.clip_checkpoint.lower() == "none" else args.clip_checkpoint, "prompt": args.prompt}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in fields:
-            raise ValueError(f"meta-train-gram: --set {key}: unknown; allowed: {', '.join(sorted(fields))}")
-        kw[key] = yaml.safe_load(value)
+    kw |= meta_config_overrides(args.set, "meta-train-gram --set")
     path = meta_train_gram(GRAMMetaConfig(**kw), args.output, args.data_root, args.device)
     print(f"gram checkpoint: {path}")
     return 0

@@ -13,7 +13,10 @@ the prompt initialisation and the regulator from the query loss.
 What is ours: topics are k-means clusters (faiss) of the corpus' caption embeddings (one per
 concept: the mean over its captions' CLIP text embeddings), domains are k-means clusters of
 the CLIP image embeddings inside a topic; a task is ``ways`` concepts of one topic that have
-``shots`` images in a support domain and ``queries`` in another; the task loss is the prompted
+``shots`` images in a support domain and ``queries`` in another (optionally the query also holds
+``query_new`` concepts of the topic that are absent from the support set, so the outer loss
+also rewards adaptation that keeps unseen classes recognisable: the base-to-new criterion);
+the task loss is the prompted
 classifier's cross-entropy over the task's concept names (captions as class names), the
 quantity downstream prompt tuning minimises. First-order by default: the support gradient is
 treated as a constant, but the query loss still differentiates through the regulator
@@ -51,6 +54,7 @@ __all__ = [
     "load_gram_checkpoint",
     "build_regulator",
     "prompt_flags",
+    "meta_config_overrides",
 ]
 
 PROMPT_KINDS = ("coop", "vpt", "unigram")
@@ -76,6 +80,7 @@ class GRAMMetaConfig:
     sources / tiny_classes: the corpus (``caption_corpus``); tiny_classes ``None`` = all.
     topics, domains: k-means clusters of captions, then of each topic's images.
     ways, shots, queries: concepts per task, support and query images per concept.
+    query_new: extra query-only concepts per task (ours; 0 = the paper's same-concept query).
     episodes: outer steps; meta_batch: tasks per outer step.
     inner_steps, inner_lr: inner loop (SGD on the regulated gradient; match the downstream lr).
     first_order: treat the support gradient as a constant (default) or keep its graph.
@@ -99,6 +104,7 @@ class GRAMMetaConfig:
     ways: int = 5
     shots: int = 4
     queries: int = 8
+    query_new: int = 0
     episodes: int = 300
     meta_batch: int = 4
     inner_steps: int = 1
@@ -123,6 +129,23 @@ class GRAMMetaConfig:
             raise ValueError(f"domains={self.domains!r} must be >= 2 (support and query come from different domains)")
         if self.ways < 2:
             raise ValueError(f"ways={self.ways!r} must be >= 2")
+        if self.query_new < 0:
+            raise ValueError(f"query_new={self.query_new!r} must be >= 0")
+
+
+def meta_config_overrides(items: Sequence[str], where: str = "meta-train-gram") -> dict[str, Any]:
+    """``["inner_steps=5", "inner_lr=0.1"]`` -> ``{"inner_steps": 5, "inner_lr": 0.1}`` (YAML values);
+    unknown :class:`GRAMMetaConfig` fields are an error that lists the allowed ones."""
+    import yaml
+
+    fields = set(GRAMMetaConfig.__dataclass_fields__)
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"{where}: {item!r} is not KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -142,16 +165,18 @@ class GRAMTaskSampler:
     Args:
         concept_text: ``(C, D)`` caption embeddings, one per concept.
         image_feats: ``(N, D)`` image embeddings; concept: ``(N,)`` concept of each image.
-        topics, domains, ways, shots, queries, seed: see :class:`GRAMMetaConfig`.
+        topics, domains, ways, shots, queries, query_new, seed: see :class:`GRAMMetaConfig`.
 
     ``sample(g)`` -> ``(support_idx, support_y, query_idx, query_y, concepts)``: image indices,
-    task-local labels ``0..ways-1`` and the task's concept ids; support and query come from
-    two different domains of one topic.
+    task-local labels and the task's concept ids; support and query come from two different
+    domains of one topic. The support holds ``concepts[:ways]`` (labels ``0..ways-1``); the
+    query holds them and up to ``query_new`` more of the topic (labels ``ways..``), as many as
+    the query domain has with ``queries`` images.
     """
 
     def __init__(self, concept_text: np.ndarray, image_feats: np.ndarray, concept: np.ndarray, *, topics: int,
-                 domains: int, ways: int, shots: int, queries: int, seed: int = 0):
-        self.ways, self.shots, self.queries = ways, shots, queries
+                 domains: int, ways: int, shots: int, queries: int, query_new: int = 0, seed: int = 0):
+        self.ways, self.shots, self.queries, self.query_new = ways, shots, queries, query_new
         topic_of_concept = _kmeans(concept_text, topics, seed)
         self.domain = np.zeros(len(concept), dtype=np.int64)
         self.pools: list[dict[int, dict[int, np.ndarray]]] = []  # per topic: domain -> concept -> image idx
@@ -184,14 +209,16 @@ class GRAMTaskSampler:
     def sample(self, g: np.random.Generator):
         ti, a, b = self.triples[g.integers(len(self.triples))]
         pool = self.pools[ti]
-        concepts = g.choice(self._eligible(pool, a, b), self.ways, replace=False)
-        s_idx, q_idx = [], []
-        for c in concepts:
-            s_idx.append(g.choice(pool[a][c], self.shots, replace=False))
-            q_idx.append(g.choice(pool[b][c], self.queries, replace=False))
+        concepts = [int(c) for c in g.choice(self._eligible(pool, a, b), self.ways, replace=False)]
+        if self.query_new:
+            rest = [c for c in pool[b] if c not in concepts and len(pool[b][c]) >= self.queries]
+            if rest:
+                concepts += [int(c) for c in g.choice(rest, min(self.query_new, len(rest)), replace=False)]
+        s_idx = [g.choice(pool[a][c], self.shots, replace=False) for c in concepts[: self.ways]]
+        q_idx = [g.choice(pool[b][c], self.queries, replace=False) for c in concepts]
         ys = np.repeat(np.arange(self.ways), self.shots)
-        yq = np.repeat(np.arange(self.ways), self.queries)
-        return np.concatenate(s_idx), ys, np.concatenate(q_idx), yq, [int(c) for c in concepts]
+        yq = np.repeat(np.arange(len(concepts)), self.queries)
+        return np.concatenate(s_idx), ys, np.concatenate(q_idx), yq, concepts
 
 
 def _task_logits(net: PromptedCLIP, x: Tensor, names: Sequence[str], prompts: Mapping[str, Tensor],
@@ -250,7 +277,7 @@ def meta_train_gram(
     text_emb, img_emb = _embed_corpus(net, corpus, transform, device)
     sampler = GRAMTaskSampler(text_emb, img_emb, corpus.concept.numpy(), topics=config.topics,
                               domains=config.domains, ways=config.ways, shots=config.shots,
-                              queries=config.queries, seed=config.seed)
+                              queries=config.queries, query_new=config.query_new, seed=config.seed)
     setup_s = time.monotonic() - t0  # corpus embedding + clustering
     zero_shot = None
     if not net.text_prompt:  # VPT alone: the class embeddings are CLIP's zero-shot ones
@@ -266,7 +293,7 @@ def meta_train_gram(
     cfg_plain = asdict(config)
     if last.exists():
         ck = load_torch(last)
-        if ck["config"] != cfg_plain:
+        if {**asdict(GRAMMetaConfig()), **ck["config"]} != cfg_plain:  # fields added since: their defaults
             raise ValueError(f"meta-train-gram: {last} was written with other settings; use another --output")
         net.load_prompt_state(ck["prompts"])
         reg.load_state_dict(ck["regulator"])
@@ -304,8 +331,9 @@ def meta_train_gram(
             fast = {n: p for n, p in net.named_parameters() if not n.startswith("clip.")}
             with torch.no_grad():
                 before = F.cross_entropy(_task_logits(net, xq, names, fast, zs), yq_t).item()
+            n_sup = config.ways  # the support's classes come first
             for _ in range(config.inner_steps):
-                loss_s = F.cross_entropy(_task_logits(net, xs, names, fast, zs), ys_t)
+                loss_s = F.cross_entropy(_task_logits(net, xs, names[:n_sup], fast, None if zs is None else zs[:n_sup]), ys_t)
                 grads = torch.autograd.grad(loss_s, list(fast.values()), create_graph=not config.first_order)
                 fast = {n: w - config.inner_lr * reg(n, gr.detach() if config.first_order else gr)
                         for (n, w), gr in zip(fast.items(), grads)}

@@ -19,7 +19,7 @@ from avalanche_fscl.models.clip import (
     project_clip_models,
     save_clip_checkpoint,
 )
-from avalanche_fscl.models.gram import GRAMMetaConfig, GRAMTaskSampler, load_gram_checkpoint, meta_train_gram
+from avalanche_fscl.models.gram import GRAMMetaConfig, GRAMTaskSampler, load_gram_checkpoint, meta_train_gram, prompt_flags
 from avalanche_fscl.models.prompts import PromptedCLIP
 from avalanche_fscl.models.regulator import GradientRegulator
 from avalanche_fscl.streams.captions import CaptionCorpus
@@ -246,6 +246,26 @@ def test_identity_regulator_equals_plain_tuning(clip):
     assert torch.equal(nets[0].ctx, nets[1].ctx) and torch.equal(nets[0].vpt, nets[1].vpt)
 
 
+def test_cached_image_features_give_the_uncached_accuracy(clip):
+    from avalanche_fscl.benchmarks.base_to_new import _accuracy
+
+    model, tok = clip
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 5, (40,), generator=g)
+    net = PromptedCLIP(model, tok, ["cat", "dog", "car", "tree", "cup"], input_transform=clip_image_transform(model), seed=0)
+    cache: dict = {}
+    for _ in range(2):  # the second pass reads the cache; the text side follows the changed context
+        assert _accuracy(net, x, y, range(5), batch=16, cache=cache, key="t") == _accuracy(net, x, y, range(5), batch=16)
+        assert len(cache["t"]) == 3 and cache["t"][0].shape == (16, model.text_projection.shape[1])
+        with torch.no_grad():
+            net.ctx.add_(torch.randn(net.ctx.shape, generator=g))
+        net.eval()  # drops the text cache, as after tune_prompts
+    vnet = PromptedCLIP(model, tok, ["cat", "dog"], visual_prompt=True, input_transform=clip_image_transform(model))
+    _accuracy(vnet, x, y % 2, range(2), cache=cache, key="v")
+    assert "v" not in cache  # visual prompts change the image features: never cached
+
+
 # ------------------------------------------------------------------------------ GRAM
 
 
@@ -265,6 +285,21 @@ def test_task_sampler_support_and_query_from_different_domains():
         assert (concept[si] == np.asarray(concepts)[ys]).all() and (concept[qi] == np.asarray(concepts)[yq]).all()
     with pytest.raises(ValueError, match="no topic has two domains"):
         GRAMTaskSampler(text, img, concept, topics=2, domains=2, ways=4, shots=2, queries=3)
+
+
+def test_task_sampler_query_new_adds_unseen_concepts_of_the_topic_to_the_query():
+    rng = np.random.default_rng(1)
+    concept = np.repeat(np.arange(8), 20)
+    text = np.stack([np.eye(8)[c // 4] + 0.01 * rng.standard_normal(8) for c in range(8)])  # topics {0-3}, {4-7}
+    dom = np.tile([0, 1], 80)
+    img = np.stack([np.eye(8)[4 + dom[i]] + 0.01 * rng.standard_normal(8) for i in range(160)])
+    s = GRAMTaskSampler(text, img, concept, topics=2, domains=2, ways=2, shots=2, queries=3, query_new=5, seed=0)
+    for _ in range(10):
+        si, ys, qi, yq, concepts = s.sample(rng)
+        assert len(concepts) == 4 and len({c // 4 for c in concepts}) == 1  # 2 support + the topic's other 2 (of 5 asked)
+        assert set(ys) == {0, 1} and set(yq) == {0, 1, 2, 3} and len(qi) == 12
+        assert set(concept[si]) == set(concepts[:2])  # unseen concepts never in the support
+        assert (concept[qi] == np.asarray(concepts)[yq]).all() and set(dom[si]).isdisjoint(dom[qi])
 
 
 def test_meta_training_resumes_exactly_and_learns_a_regulator(tmp_path):
@@ -287,6 +322,17 @@ def test_meta_training_resumes_exactly_and_learns_a_regulator(tmp_path):
     assert not torch.allclose(reg("ctx", g), g)
     with pytest.raises(ValueError, match="written with other settings"):
         meta_train_gram(GRAMMetaConfig(**{**cfg.__dict__, "episodes": 7}), tmp_path / "b", corpus=corpus, progress=False)
+    # a last.pt written before a config field existed resumes when the field keeps its default
+    from avalanche_fscl.benchmarks.io import load_torch, save_torch
+
+    meta_train_gram(cfg, tmp_path / "c", corpus=corpus, progress=False, max_episodes=3)
+    ck = load_torch(tmp_path / "c" / "last.pt")
+    del ck["config"]["query_new"]
+    save_torch(tmp_path / "c" / "last.pt", ck)
+    with pytest.raises(ValueError, match="written with other settings"):
+        meta_train_gram(GRAMMetaConfig(**{**cfg.__dict__, "query_new": 1}), tmp_path / "c", corpus=corpus, progress=False)
+    again = load_gram_checkpoint(meta_train_gram(cfg, tmp_path / "c", corpus=corpus, progress=False))
+    assert torch.equal(again["prompts"]["ctx"], straight["prompts"]["ctx"])
 
 
 def test_meta_config_bad_arguments():
@@ -296,6 +342,43 @@ def test_meta_config_bad_arguments():
         GRAMMetaConfig(domains=1)
     with pytest.raises(ValueError, match="regulator='x'"):
         GRAMMetaConfig(regulator="x")
+    with pytest.raises(ValueError, match="query_new=-1 must be >= 0"):
+        GRAMMetaConfig(query_new=-1)
+
+
+@pytest.mark.parametrize("prompt", ["coop", "vpt"])
+def test_meta_training_with_unseen_query_concepts_moves_the_init(tmp_path, prompt):
+    corpus = _toy_corpus()
+    cfg = GRAMMetaConfig(clip_model=TEST_MODEL, prompt=prompt, topics=1, domains=2, ways=2, shots=2, queries=3,
+                         query_new=2, episodes=2, meta_batch=1, inner_lr=0.5, outer_lr=0.01)
+    torch.manual_seed(0)
+    init = PromptedCLIP(*load_clip(TEST_MODEL)[::2], seed=0, **prompt_flags(prompt, ctx_init="a photo of a")).prompt_state()
+    ck = load_gram_checkpoint(meta_train_gram(cfg, tmp_path, corpus=corpus, progress=False))
+    key = "ctx" if prompt == "coop" else "vpt"
+    assert ck["prompts"][key].shape == init[key].shape and not torch.allclose(ck["prompts"][key], init[key])
+
+
+def test_meta_config_overrides_parse_yaml_values_and_name_the_fields():
+    from avalanche_fscl.models.gram import meta_config_overrides
+
+    assert meta_config_overrides(["inner_steps=5", "inner_lr=0.2", "first_order=false", "sources=[cifar10]"]) == {
+        "inner_steps": 5, "inner_lr": 0.2, "first_order": False, "sources": ["cifar10"]}
+    with pytest.raises(ValueError, match="base-to-new --meta-set: 'inner_step=5' is not KEY=VALUE with KEY one of .*inner_steps"):
+        meta_config_overrides(["inner_step=5"], "base-to-new --meta-set")
+    with pytest.raises(ValueError, match="'episodes' is not KEY=VALUE"):
+        meta_config_overrides(["episodes"])
+
+
+def test_base_to_new_rejects_meta_settings_it_fixes_itself(tmp_path):
+    from avalanche_fscl.benchmarks.base_to_new import run_base_to_new
+
+    with pytest.raises(ValueError, match=r"meta=\['prompt'\]: not settable here; allowed: .*inner_lr"):
+        run_base_to_new(tmp_path, meta={"prompt": "vpt"})
+    with pytest.raises(ValueError, match=r"meta=\['bogus'\]"):
+        run_base_to_new(tmp_path, meta={"bogus": 1})
+    with pytest.raises(ValueError, match=r"methods \['gram_coop_noregs'\]; allowed: .*gram_coop_noreg, gram_coop_noinit"):
+        run_base_to_new(tmp_path, methods=["gram_coop_noregs"])
+    assert not any(tmp_path.iterdir())  # nothing written before the arguments are checked
 
 
 def test_gram_plugin_loads_init_regulates_and_grows(tmp_path, clip):
