@@ -24,6 +24,7 @@ _EXPORTS = {
     "clip_image_transform": ".clip",
     "encode_class_names": ".clip",
     "save_clip_checkpoint": ".clip",
+    "CLIPImageEncoder": ".clip",
     "PromptedCLIP": ".prompts",
     "GradientRegulator": ".regulator",
     "GRAMMetaConfig": ".gram",

@@ -36,6 +36,7 @@ __all__ = [
     "clip_image_size",
     "encode_class_names",
     "save_clip_checkpoint",
+    "CLIPImageEncoder",
 ]
 
 CLIP_CONFIG_DIR = Path(__file__).with_name("clip_configs")
@@ -232,3 +233,35 @@ def encode_class_names(
         out.append(model.encode_text(tokenizer(texts[i : i + batch_size]).to(device), normalize=True).float())
     emb = torch.cat(out).view(len(class_names), len(templates), -1).mean(1)
     return F.normalize(emb, dim=-1)
+
+
+class CLIPImageEncoder(nn.Module):
+    """A frozen CLIP image tower as a feature backbone: images ``(B, C, H, W)`` -> unit-norm
+    features ``(B, out_dim)`` (e.g. under :class:`~avalanche_fscl.models.FSCILNet`).
+
+    Args:
+        model: an open_clip model (only ``model.visual`` is kept).
+        input_transform: maps the caller's images to the CLIP's input (default:
+            :func:`clip_image_transform`, for pixels in ``[0, 1]`` or ``uint8``).
+
+    The weights never train: ``requires_grad`` is off, the tower stays in eval mode (no patch
+    dropout) and features are computed without a graph.
+    """
+
+    def __init__(self, model: nn.Module, input_transform: Callable[[Tensor], Tensor] | None = None):
+        super().__init__()
+        self.visual = model.visual
+        self.input_transform = input_transform or clip_image_transform(model)
+        for p in self.visual.parameters():
+            p.requires_grad_(False)
+        out = getattr(self.visual, "output_dim", None)
+        self.out_dim = int(out if out is not None else model.text_projection.shape[1])
+
+    def train(self, mode: bool = True) -> "CLIPImageEncoder":
+        super().train(mode)
+        self.visual.eval()
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return F.normalize(self.visual(self.input_transform(x)).float(), dim=-1)

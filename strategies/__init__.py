@@ -16,6 +16,7 @@ from . import columns as _columns  # noqa: F401  (registers the evaluation colum
 from . import fscl as _fscl  # noqa: F401  (registers fscl and its ablations)
 from . import raml as _raml  # noqa: F401  (registers raml, its ablations and knn)
 from . import clip as _clip  # noqa: F401  (registers zeroshot_clip, coop, vpt, gram_coop, gram_vpt, unigram)
+from . import clip_features as _clip_features  # noqa: F401  (registers prototype_clip, knn_clip, raml_clip)
 from .registry import (
     STRATEGIES,
     create_strategy,

@@ -535,6 +535,55 @@ def test_clip_strategy_keeps_clip_frozen_and_grows_names():
         assert torch.equal(v, before[k]), k
 
 
+def test_clip_image_encoder_is_frozen_unit_norm_and_stays_in_eval(clip):
+    from avalanche_fscl.models.clip import CLIPImageEncoder
+
+    model, _ = clip
+    enc = CLIPImageEncoder(model).train()
+    assert enc.out_dim == model.text_projection.shape[1] and not enc.visual.training
+    assert all(not p.requires_grad for p in enc.parameters())
+    f = enc(torch.rand(3, 1, 20, 20))  # grayscale, any size: the CLIP transform resizes
+    assert f.shape == (3, enc.out_dim) and not f.requires_grad
+    assert torch.allclose(f.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_clip_feature_strategies_never_train_the_encoder():
+    from avalanche_fscl.strategies import StrategyContext, create_strategy, get_strategy
+    from avalanche_fscl.streams import get_stream
+
+    scenario = get_stream("digits_fscil", seed=0)
+    ctx = StrategyContext(scenario, seed=0)
+    strat = create_strategy("raml_clip", ctx, strategy_args={"clip_model": TEST_MODEL, "clip_checkpoint": None,
+                                                             "meta_episodes": 3, "meta_ways": 3})
+    enc = strat.model.backbone
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    for exp in scenario.train_stream[:2]:
+        strat.train(exp)
+    for k, v in enc.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    held = {id(p) for g in strat.optimizer.param_groups for p in g["params"]}
+    assert not held & {id(p) for p in enc.parameters()}
+    assert "train_encoder" not in get_strategy("raml_clip").hyperparameters()  # fixed: the encoder is frozen
+    with pytest.raises(ValueError, match="clip_model='ViT-X'; allowed: .*fscl-vit-p8-64"):
+        get_strategy("knn_clip")(clip_model="ViT-X")
+
+
+@pytest.mark.slow
+def test_clip_feature_strategies_learn_digits_with_the_kept_clip(tmp_path):
+    """prototype_clip / knn_clip / raml_clip on the digits stream with the kept CLIP: far above chance (10%)."""
+    from avalanche_fscl.benchmarks import config_from_dict
+    from avalanche_fscl.benchmarks.runner import run_benchmark
+
+    names = ["prototype_clip", "knn_clip", "raml_clip"]
+    cfg = config_from_dict({"stream": {"name": "digits_fscil"}, "strategies": names,
+                            "strategy_args": {"raml_clip": {"meta_episodes": 20}}, "seeds": [0],
+                            "output": str(tmp_path / "out"), "wandb": {"mode": "off"}})
+    run_benchmark(cfg, progress=False)
+    for name in names:
+        last = json.loads((tmp_path / "out" / "runs" / name / "seed0.json").read_text())["table"]["sessions"][-1]
+        assert last["acc"] > 0.45, (name, last)  # measured 0.58-0.63 (10 classes)
+
+
 @pytest.mark.cuda
 def test_prompt_tuning_on_cuda_with_bf16():
     model, _, tok = load_clip(TEST_MODEL, device="cuda")
