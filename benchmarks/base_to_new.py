@@ -176,6 +176,7 @@ def run_base_to_new(
     threads: int = 0,
     validation: bool = False,
     meta: Mapping[str, Any] | None = None,
+    report_only: bool = False,
     command: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every (method, K, seed) cell into ``output``; returns the results.
@@ -186,12 +187,12 @@ def run_base_to_new(
     CIFAR-10 image is used (GRAM meta-trains on labels 0-49 there).
 
     ``meta`` overrides GRAM's meta-training settings (:class:`GRAMMetaConfig` fields; by default
-    ``inner_lr = lr`` and ``episodes = meta_episodes``)."""
+    ``inner_lr = lr`` and ``episodes = meta_episodes``). ``report_only`` rewrites the summary
+    (results.json, results.md) from the stored cells without running anything."""
     from ..models.clip import clip_image_transform, load_clip
     from ..models.gram import GRAMMetaConfig, build_regulator, load_gram_checkpoint, meta_train_gram, prompt_flags
     from ..models.prompts import PromptedCLIP
     from ..streams.captions import cifar10_images, tiny_imagenet_classes, tiny_imagenet_images
-    from .io import write_json, write_text
 
     bad = [m for m in methods if m not in _KIND]
     if bad:
@@ -217,6 +218,8 @@ def run_base_to_new(
     results = json.loads(res_path.read_text()) if res_path.exists() else {"settings": settings, "cells": {}}
     if results["settings"] != settings:
         raise ValueError(f"base-to-new: {res_path} holds another setting {results['settings']}; use another --output")
+    if report_only:
+        return _write_summary(out, results, methods=methods, shots=shots, seeds=seeds, device=device, command=command, minutes=0.0)
 
     clip, _, tokenizer = load_clip(clip_model, clip_checkpoint, device=device)
     size = clip.visual.image_size
@@ -303,14 +306,24 @@ def run_base_to_new(
                                          "seconds": round(time.perf_counter() - t0, 1)}
                 print(f"base-to-new {key}: {results['cells'][key]}", file=sys.stderr, flush=True)
                 _merge_cell(res_path, results, key)
-    # summary (of every cell on disk: other processes may have added some)
+    return _write_summary(out, results, methods=methods, shots=shots, seeds=seeds, device=device, command=command,
+                          minutes=(time.perf_counter() - t_start) / 60)
+
+
+def _write_summary(out: Path, results: dict, *, methods, shots, seeds, device: str, command: str | None,
+                   minutes: float) -> dict[str, Any]:
+    """Summarise every cell on disk (other processes may have added some) into results.json/.md;
+    a (method, K) with fewer seeds than asked is summarised over the seeds it has (``n``)."""
+    from .io import write_json, write_text
+
+    res_path = out / "results.json"
     with _locked(res_path):
         results["cells"] = json.loads(res_path.read_text())["cells"] if res_path.exists() else results["cells"]
     summary: dict[str, Any] = {}
     for method in methods:
         for k in shots:
-            cells = [results["cells"].get(f"{method}/K{k}/seed{s}") for s in seeds]
-            if all(cells):
+            cells = [c for s in seeds if (c := results["cells"].get(f"{method}/K{k}/seed{s}"))]
+            if cells:
                 summary[f"{method}/K{k}"] = {m: _stats([c[m] for c in cells]) for m in ("base", "new", "hm", "cifar10")
                                              if cells[0][m] is not None}
                 summary[f"{method}/K{k}"]["sec_per_step"] = round(float(np.mean([c["sec_per_step"] for c in cells])), 4)
@@ -319,7 +332,7 @@ def run_base_to_new(
                           "threads": torch.get_num_threads(), "device": device, "torch": torch.__version__}
     results["seeds"], results["shots"], results["methods"] = list(seeds), list(shots), list(methods)
     results["command"] = command
-    results["wall_minutes_this_call"] = round((time.perf_counter() - t_start) / 60, 1)
+    results["wall_minutes_this_call"] = round(minutes, 1)
     with _locked(res_path):
         write_json(res_path, results)
     write_text(out / "results.md", _markdown(results))
@@ -335,13 +348,14 @@ def _markdown(r: dict) -> str:
              f"n_ctx {s['n_ctx']} (init {s.get('ctx_init')!r}), n_vpt {s['n_vpt']} (deep: {s['vpt_deep']}), GRAM meta-training {s['meta_episodes']} episodes. "
              f"Seeds {r.get('seeds')}; top-1 %, mean ± std over seeds.", ""]
     for k in r.get("shots", []):
-        lines += [f"## K = {k}", "", "| method | base | new | HM | CIFAR-10 | s/step |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"## K = {k}", "", "| method | seeds | base | new | HM | CIFAR-10 | s/step |",
+                  "| --- | ---: | --- | --- | --- | --- | --- |"]
         for m in r.get("methods", []):
             c = r["summary"].get(f"{m}/K{k}")
             if c:
                 f = lambda x: f"{x['mean']:.2f} ± {x['std']:.2f}"  # noqa: E731
                 c10 = f(c["cifar10"]) if "cifar10" in c else "-"
-                lines.append(f"| {m} | {f(c['base'])} | {f(c['new'])} | {f(c['hm'])} | {c10} | {c['sec_per_step']:.3f} |")
+                lines.append(f"| {m} | {c['base']['n']} | {f(c['base'])} | {f(c['new'])} | {f(c['hm'])} | {c10} | {c['sec_per_step']:.3f} |")
         lines.append("")
     lines += [f"Command: `{r.get('command')}`", f"Machine: {r.get('machine')}", ""]
     return "\n".join(lines)
@@ -369,6 +383,7 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--meta-set", action="append", default=[], metavar="KEY=VALUE",
                    help="a GRAM meta-training setting (GRAMMetaConfig field), e.g. --meta-set inner_steps=5")
+    p.add_argument("--report-only", action="store_true", help="rewrite results.md from the stored cells; run nothing")
     p.add_argument("--validation", action="store_true",
                    help="the hyper-parameter split: labels 0-49 base / 50-99 new, shot-pool images only (no test image)")
 
@@ -380,7 +395,7 @@ def run_from_args(args) -> int:
         args.output, clip_model=args.clip_model, clip_checkpoint=None if args.clip_checkpoint.lower() == "none" else args.clip_checkpoint, shots=args.shots, seeds=args.seeds,
         methods=args.methods, shift=args.shift, steps=args.steps, lr=args.lr, n_ctx=args.n_ctx, ctx_init=args.ctx_init or None, n_vpt=args.n_vpt,
         vpt_deep=args.vpt_deep, meta_episodes=args.meta_episodes, data_root=args.data_root, device=args.device,
-        threads=args.threads, validation=args.validation, meta=meta_config_overrides(args.meta_set, "base-to-new --meta-set"), command="avalanche-fscl " + shlex.join(sys.argv[1:]),
+        threads=args.threads, validation=args.validation, meta=meta_config_overrides(args.meta_set, "base-to-new --meta-set"), report_only=args.report_only, command="avalanche-fscl " + shlex.join(sys.argv[1:]),
     )
     print(f"results: {Path(args.output) / 'results.md'}")
     return 0

@@ -369,6 +369,32 @@ def test_meta_config_overrides_parse_yaml_values_and_name_the_fields():
         meta_config_overrides(["episodes"])
 
 
+def test_base_to_new_report_only_summarises_stored_cells_and_merges_writers(tmp_path):
+    from avalanche_fscl.benchmarks.base_to_new import _merge_cell, run_base_to_new
+
+    kw = dict(shots=[4], seeds=[0, 1], methods=["coop", "gram_coop"], steps=200, lr=0.01)
+    settings = {"clip_model": "fscl-vit-p8-64", "clip_checkpoint": "fscl", "shift": "lowres", "steps": 200, "lr": 0.01,
+                "validation": False, "n_ctx": 4, "ctx_init": "a photo of a", "n_vpt": 4, "vpt_deep": False, "meta_episodes": 300}
+    cell = lambda b, n: {"base": b, "new": n, "hm": round(2 * b * n / (b + n), 2), "cifar10": 50.0, "sec_per_step": 0.2,  # noqa: E731
+                         "seconds": 1.0}
+    res_path = tmp_path / "results.json"
+    # two writers, each holding only its own cells in memory: neither loses the other's
+    a = {"settings": settings, "cells": {"coop/K4/seed0": cell(8.0, 6.0)}}
+    b = {"settings": settings, "cells": {"gram_coop/K4/seed0": cell(9.0, 9.0)}}
+    _merge_cell(res_path, a, "coop/K4/seed0")
+    _merge_cell(res_path, b, "gram_coop/K4/seed0")
+    a["cells"]["coop/K4/seed1"] = cell(10.0, 8.0)
+    _merge_cell(res_path, a, "coop/K4/seed1")
+    assert sorted(json.loads(res_path.read_text())["cells"]) == ["coop/K4/seed0", "coop/K4/seed1", "gram_coop/K4/seed0"]
+    r = run_base_to_new(tmp_path, report_only=True, **kw)
+    assert r["summary"]["coop/K4"]["base"] == {"mean": 9.0, "std": 1.41, "n": 2}
+    assert r["summary"]["gram_coop/K4"]["new"] == {"mean": 9.0, "std": 0.0, "n": 1}  # one of two seeds so far
+    md = (tmp_path / "results.md").read_text()
+    assert "| coop | 2 | 9.00 ± 1.41 | 7.00 ± 1.41 |" in md and "| gram_coop | 1 | 9.00 ± 0.00 |" in md
+    with pytest.raises(ValueError, match="holds another setting"):
+        run_base_to_new(tmp_path, report_only=True, **{**kw, "lr": 0.002})
+
+
 def test_base_to_new_rejects_meta_settings_it_fixes_itself(tmp_path):
     from avalanche_fscl.benchmarks.base_to_new import run_base_to_new
 
