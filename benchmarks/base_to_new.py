@@ -103,26 +103,16 @@ def tune_prompts(net, images: Tensor, labels: Tensor, *, steps: int, lr: float, 
 
 
 @torch.no_grad()
-def _accuracy(net, images: Tensor, labels: Tensor, class_ids: Sequence[int], batch: int = 500,
-              cache: dict | None = None, key: str = "") -> float:
-    """Top-1 (%) among ``class_ids`` only. Without visual prompts the image features do not
-    depend on the prompts: they are computed once into ``cache[key]`` (same batches, same values)."""
+def _accuracy(net, images: Tensor, labels: Tensor, class_ids: Sequence[int], batch: int = 500) -> float:
+    """Top-1 (%) among ``class_ids`` only. Without visual prompts the image features come from
+    the process-wide :class:`~avalanche_fscl.models.clip.FeatureCache` after the first method:
+    the same batches, so the same values."""
     net.eval()
     dev = next(net.parameters()).device
     cols = torch.tensor(list(class_ids), device=dev)
-    reuse = cache is not None and not net.visual_prompt
-    if reuse and key not in cache:
-        with net.amp():
-            cache[key] = [net.image_features(images[i : i + batch].float().div(255.0).to(dev))
-                          for i in range(0, len(images), batch)]
     correct = 0
-    for j, i in enumerate(range(0, len(images), batch)):
-        if reuse:
-            with net.amp():
-                txt = net.text_features()
-            logits = net.logits_from(cache[key][j].float(), txt.float())[:, cols]
-        else:
-            logits = net(images[i : i + batch].float().div(255.0).to(dev))[:, cols]
+    for i in range(0, len(images), batch):
+        logits = net(images[i : i + batch].float().div(255.0).to(dev))[:, cols]
         correct += cols[logits.argmax(1)].eq(labels[i : i + batch].to(dev)).sum().item()
     return 100.0 * correct / len(images)
 
@@ -277,7 +267,6 @@ def run_base_to_new(
                 reg = build_regulator(metas[kind]).to(device).eval()
         return net.to(device), reg
 
-    feats: dict[str, list[Tensor]] = {}  # test image features of the frozen CLIP (no visual prompt)
     t_start = time.perf_counter()
     for k in shots:
         for seed in seeds:
@@ -293,13 +282,13 @@ def run_base_to_new(
                 torch.manual_seed(seed)
                 net, reg = make_net(method, seed)
                 sec_step = tune_prompts(net, sx, sy, steps=0 if method == "zeroshot" else steps, lr=lr, regulator=reg, seed=seed)
-                acc_base = _accuracy(net, val_x[test_base], val_y[test_base], base, cache=feats, key="base")
+                acc_base = _accuracy(net, val_x[test_base], val_y[test_base], base)
                 net.add_classes({c: names[c] for c in new})
-                acc_new = _accuracy(net, val_x[test_new], val_y[test_new], new, cache=feats, key="new")
+                acc_new = _accuracy(net, val_x[test_new], val_y[test_new], new)
                 acc_c10 = None
                 if cx is not None:
                     net.add_classes({200 + i: n for i, n in enumerate(cnames)})
-                    acc_c10 = round(_accuracy(net, cx, cy + 200, [200 + i for i in range(10)], cache=feats, key="c10"), 2)
+                    acc_c10 = round(_accuracy(net, cx, cy + 200, [200 + i for i in range(10)]), 2)
                 hm = 2 * acc_base * acc_new / (acc_base + acc_new) if acc_base + acc_new > 0 else 0.0
                 results["cells"][key] = {"base": round(acc_base, 2), "new": round(acc_new, 2), "hm": round(hm, 2),
                                          "cifar10": acc_c10, "sec_per_step": round(sec_step, 4),

@@ -25,6 +25,7 @@ _EXPORTS = {
     "encode_class_names": ".clip",
     "save_clip_checkpoint": ".clip",
     "CLIPImageEncoder": ".clip",
+    "FeatureCache": ".clip",
     "PromptedCLIP": ".prompts",
     "GradientRegulator": ".regulator",
     "GRAMMetaConfig": ".gram",

@@ -16,8 +16,11 @@ Batches are tensors: :func:`clip_image_transform` turns ``uint8`` or ``[0, 1]`` 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
+import weakref
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -37,6 +40,8 @@ __all__ = [
     "encode_class_names",
     "save_clip_checkpoint",
     "CLIPImageEncoder",
+    "FeatureCache",
+    "FEATURE_CACHE",
 ]
 
 CLIP_CONFIG_DIR = Path(__file__).with_name("clip_configs")
@@ -235,6 +240,96 @@ def encode_class_names(
     return F.normalize(emb, dim=-1)
 
 
+class FeatureCache:
+    """A bounded, content-addressed memo of frozen image towers' outputs (LRU).
+
+    An entry is keyed by the tower's weights (a BLAKE2b digest of every parameter and buffer,
+    recomputed only when a tensor is replaced or modified in place), the device type, the autocast
+    state, the input's shape and dtype, and a BLAKE2b-128 digest of the input row's bytes: it is
+    reused only for bit-identical inputs to bit-identical weights. Hashing costs ~50 us per
+    64 px image on one CPU core, far below a ViT forward; a continual stream evaluates every test
+    image once per session, so a frozen tower's evaluation mostly becomes lookups. Memory:
+    ``4 * D`` bytes plus ~150 bytes of bookkeeping per entry (~1.2 KB for a 256-d feature).
+
+    Args:
+        max_entries: entries kept (least recently used dropped first); ``0`` disables caching.
+    """
+
+    def __init__(self, max_entries: int = 250_000):
+        if max_entries < 0:
+            raise ValueError(f"FeatureCache: max_entries must be >= 0, got {max_entries}")
+        self.max_entries = int(max_entries)
+        self._store: OrderedDict[tuple[bytes, bytes], Tensor] = OrderedDict()
+        self._digests: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    # a cache is not model state: copies of a model share it, pickles carry it empty
+    def __deepcopy__(self, memo: dict) -> "FeatureCache":
+        return self
+
+    def __getstate__(self) -> dict:
+        return {"max_entries": self.max_entries}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["max_entries"])
+
+    def clear(self) -> None:
+        self._store.clear()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def row_digests(x: Tensor) -> list[bytes]:
+        """BLAKE2b-128 digest of each row of ``x`` (``(B, ...)``, any dtype/device)."""
+        rows = x.detach().to("cpu").contiguous().reshape(len(x), -1).view(torch.uint8).numpy()
+        return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows]
+
+    def _weights_digest(self, tower: nn.Module) -> bytes:
+        tensors = list(tower.named_parameters()) + list(tower.named_buffers())
+        # cheap state: a tensor replaced (.to(), .half()) or written in place (load_state_dict)
+        state = tuple((t.data_ptr(), t._version, t.dtype, t.device, t.shape) for _, t in tensors)
+        memo = self._digests.get(tower)
+        if memo is None or memo[0] != state:
+            h = hashlib.blake2b(digest_size=16)
+            for name, t in tensors:
+                h.update(name.encode())
+                h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            memo = (state, h.digest())
+            self._digests[tower] = memo
+        return memo[1]
+
+    def features(self, tower: nn.Module, x: Tensor, compute: Callable[[Tensor], Tensor]) -> Tensor:
+        """``compute(x)`` (the frozen ``tower``'s features ``(B, D)`` of inputs ``(B, ...)``)
+        with rows seen before reused and new rows stored."""
+        if self.max_entries == 0:
+            return compute(x)
+        dev = x.device.type
+        amp = torch.is_autocast_enabled(dev) and str(torch.get_autocast_dtype(dev))
+        key = self._weights_digest(tower) + repr((dev, amp, tuple(x.shape[1:]), str(x.dtype))).encode()
+        digests = self.row_digests(x)
+        found = [self._store.get((key, d)) for d in digests]
+        todo = [i for i, f in enumerate(found) if f is None]
+        self.hits += len(x) - len(todo)
+        self.misses += len(todo)
+        if todo:
+            new = compute(x[todo] if len(todo) < len(x) else x)
+            for j, i in enumerate(todo):
+                found[i] = new[j].clone()
+                self._store[(key, digests[i])] = found[i]
+        for d in digests:
+            if (key, d) in self._store:
+                self._store.move_to_end((key, d))
+        while len(self._store) > self.max_entries:
+            self._store.popitem(last=False)
+        return torch.stack(found)
+
+
+#: the process-wide cache of CLIPImageEncoder and PromptedCLIP (the runs of one suite share features)
+FEATURE_CACHE = FeatureCache()
+
+
 class CLIPImageEncoder(nn.Module):
     """A frozen CLIP image tower as a feature backbone: images ``(B, C, H, W)`` -> unit-norm
     features ``(B, out_dim)`` (e.g. under :class:`~avalanche_fscl.models.FSCILNet`).
@@ -243,15 +338,21 @@ class CLIPImageEncoder(nn.Module):
         model: an open_clip model (only ``model.visual`` is kept).
         input_transform: maps the caller's images to the CLIP's input (default:
             :func:`clip_image_transform`, for pixels in ``[0, 1]`` or ``uint8``).
+        feature_cache: a :class:`FeatureCache` reusing features of inputs seen before (the
+            process-wide one by default; ``None``: compute every time). The same numbers
+            either way (the tower is frozen and deterministic) up to float rounding: a cached
+            row was computed in another batch, and batched matmuls round by batch shape.
 
     The weights never train: ``requires_grad`` is off, the tower stays in eval mode (no patch
     dropout) and features are computed without a graph.
     """
 
-    def __init__(self, model: nn.Module, input_transform: Callable[[Tensor], Tensor] | None = None):
+    def __init__(self, model: nn.Module, input_transform: Callable[[Tensor], Tensor] | None = None,
+                 feature_cache: FeatureCache | None = FEATURE_CACHE):
         super().__init__()
         self.visual = model.visual
         self.input_transform = input_transform or clip_image_transform(model)
+        self.feature_cache = feature_cache
         for p in self.visual.parameters():
             p.requires_grad_(False)
         out = getattr(self.visual, "output_dim", None)
@@ -262,6 +363,12 @@ class CLIPImageEncoder(nn.Module):
         self.visual.eval()
         return self
 
+    def _encode(self, x: Tensor) -> Tensor:
+        return F.normalize(self.visual(x).float(), dim=-1)
+
     def forward(self, x: Tensor) -> Tensor:
         with torch.no_grad():
-            return F.normalize(self.visual(self.input_transform(x)).float(), dim=-1)
+            x = self.input_transform(x)
+            if self.feature_cache is None:
+                return self._encode(x)
+            return self.feature_cache.features(self.visual, x, self._encode)

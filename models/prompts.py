@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from avalanche.models import DynamicModule
 
 from .classifier import MASK_VALUE
+from .clip import FEATURE_CACHE, FeatureCache
 
 __all__ = ["PromptedCLIP"]
 
@@ -59,6 +60,9 @@ class PromptedCLIP(DynamicModule):
         autocast: ``None`` (the CLIP's own dtype), ``"bf16"`` or ``"fp16"``: run the towers
             under ``torch.autocast`` on the model's device (prompts and logits stay fp32).
         seed: initialisation of the prompts.
+        feature_cache: without visual prompts the image features are those of the frozen
+            tower: a :class:`~avalanche_fscl.models.clip.FeatureCache` reuses them for inputs
+            seen before (the process-wide one by default; ``None``: compute every time).
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class PromptedCLIP(DynamicModule):
         input_transform: Callable[[Tensor], Tensor] | None = None,
         autocast: str | None = None,
         seed: int = 0,
+        feature_cache: FeatureCache | None = FEATURE_CACHE,
     ):
         super().__init__()
         if text_prompt and ctx_init is None and int(n_ctx) < 1:
@@ -100,6 +105,7 @@ class PromptedCLIP(DynamicModule):
         self.visual_prompt, self.vpt_deep = bool(visual_prompt), bool(vpt_deep)
         self.templates = list(templates)
         self.input_transform = input_transform
+        self.feature_cache = feature_cache
         self.names: dict[int, str] = {}
         g = torch.Generator().manual_seed(seed)
         dev = clip.token_embedding.weight.device
@@ -263,7 +269,10 @@ class PromptedCLIP(DynamicModule):
             x = self.input_transform(x)
         v = self.clip.visual
         if not self.visual_prompt:
-            return F.normalize(self.clip.encode_image(x).float(), dim=-1)
+            if self.feature_cache is None:
+                return F.normalize(self.clip.encode_image(x).float(), dim=-1)
+            with torch.no_grad():  # the frozen tower: no graph needed
+                return self.feature_cache.features(v, x, lambda z: F.normalize(v(z).float(), dim=-1))
         x = v._embeds(x)
         n = self.vpt.shape[1]
         p = (self.vpt if vpt is None else vpt).to(x.dtype)

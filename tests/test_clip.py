@@ -246,24 +246,33 @@ def test_identity_regulator_equals_plain_tuning(clip):
     assert torch.equal(nets[0].ctx, nets[1].ctx) and torch.equal(nets[0].vpt, nets[1].vpt)
 
 
-def test_cached_image_features_give_the_uncached_accuracy(clip):
+def test_prompted_clip_reuses_frozen_image_features_only_without_visual_prompts(clip):
     from avalanche_fscl.benchmarks.base_to_new import _accuracy
+    from avalanche_fscl.models.clip import FeatureCache
 
     model, tok = clip
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 5, (40,), generator=g)
-    net = PromptedCLIP(model, tok, ["cat", "dog", "car", "tree", "cup"], input_transform=clip_image_transform(model), seed=0)
-    cache: dict = {}
-    for _ in range(2):  # the second pass reads the cache; the text side follows the changed context
-        assert _accuracy(net, x, y, range(5), batch=16, cache=cache, key="t") == _accuracy(net, x, y, range(5), batch=16)
-        assert len(cache["t"]) == 3 and cache["t"][0].shape == (16, model.text_projection.shape[1])
+    names, tf = ["cat", "dog", "car", "tree", "cup"], clip_image_transform(model)
+    cache = FeatureCache()
+    net = PromptedCLIP(model, tok, names, input_transform=tf, seed=0, feature_cache=cache)
+    plain = PromptedCLIP(model, tok, names, input_transform=tf, seed=0, feature_cache=None)
+    for step in range(2):  # the second pass reads the cache; the text side follows the changed context
+        assert _accuracy(net, x, y, range(5), batch=16) == _accuracy(plain, x, y, range(5), batch=16)
+        assert (cache.hits, cache.misses) == (40 * step, 40)
         with torch.no_grad():
-            net.ctx.add_(torch.randn(net.ctx.shape, generator=g))
-        net.eval()  # drops the text cache, as after tune_prompts
-    vnet = PromptedCLIP(model, tok, ["cat", "dog"], visual_prompt=True, input_transform=clip_image_transform(model))
-    _accuracy(vnet, x, y % 2, range(2), cache=cache, key="v")
-    assert "v" not in cache  # visual prompts change the image features: never cached
+            d = torch.randn(net.ctx.shape, generator=g)
+            net.ctx.add_(d), plain.ctx.add_(d)
+        net.eval(), plain.eval()  # drops the text caches, as after tune_prompts
+    # prompt gradients still flow (the text side); the image side never needs a graph
+    net.train()
+    net(x[:4].float() / 255).logsumexp(1).sum().backward()
+    assert net.ctx.grad is not None and net.ctx.grad.abs().sum() > 0
+    vnet = PromptedCLIP(model, tok, ["cat", "dog"], visual_prompt=True, input_transform=tf, feature_cache=cache)
+    n = len(cache)
+    _accuracy(vnet, x, y % 2, range(2))
+    assert len(cache) == n  # visual prompts change the image features: never cached
 
 
 # ------------------------------------------------------------------------------ GRAM
@@ -571,6 +580,30 @@ def test_clip_image_encoder_is_frozen_unit_norm_and_stays_in_eval(clip):
     f = enc(torch.rand(3, 1, 20, 20))  # grayscale, any size: the CLIP transform resizes
     assert f.shape == (3, enc.out_dim) and not f.requires_grad
     assert torch.allclose(f.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_feature_cache_gives_identical_features_and_reuses_them(clip):
+    from avalanche_fscl.models.clip import CLIPImageEncoder, FeatureCache
+
+    model, _ = clip
+    cache = FeatureCache(max_entries=5)
+    enc, plain = CLIPImageEncoder(model, feature_cache=cache), CLIPImageEncoder(model, feature_cache=None)
+    x = torch.rand(4, 3, 20, 20)
+    want = plain(x)
+    assert torch.equal(enc(x), want) and (cache.hits, cache.misses, len(cache)) == (0, 4, 4)
+    y = torch.cat([x[2:], torch.rand(2, 3, 20, 20)])  # 2 seen rows, 2 new ones
+    # cached rows come from another batch: equal up to the rounding of batched matmuls
+    assert torch.allclose(enc(y), plain(y), atol=1e-5) and (cache.hits, cache.misses) == (2, 6)
+    assert len(cache) == 5  # bounded: the least recently used row left
+    assert torch.equal(enc(x[2:3]), want[2:3]) and cache.hits == 3  # recently used rows stay
+    # new weights -> a new key: no stale features
+    with torch.no_grad():
+        sd = {k: v + 0.01 if v.is_floating_point() else v for k, v in enc.state_dict().items()}
+    enc.load_state_dict(sd)
+    fresh = CLIPImageEncoder(model, feature_cache=None)
+    assert torch.equal(enc(x[:1]), fresh(x[:1])) and not torch.allclose(enc(x[:1]), want[:1], atol=1e-3)
+    with pytest.raises(ValueError, match="max_entries must be >= 0"):
+        FeatureCache(max_entries=-1)
 
 
 def test_clip_feature_strategies_never_train_the_encoder():

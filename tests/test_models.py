@@ -44,7 +44,7 @@ def test_exports():
         "BACKBONES", "create_backbone", "list_backbones", "default_backbone_for",
         "MultiViewFusionHead", "FUSIONS",
         "load_clip", "list_clip_models", "project_clip_models", "clip_image_transform", "encode_class_names",
-        "save_clip_checkpoint", "CLIPImageEncoder", "PromptedCLIP", "GradientRegulator", "GRAMMetaConfig", "meta_train_gram",
+        "save_clip_checkpoint", "CLIPImageEncoder", "FeatureCache", "PromptedCLIP", "GradientRegulator", "GRAMMetaConfig", "meta_train_gram",
         "load_gram_checkpoint",
     }  # fmt: skip
     for name in models.__all__:
