@@ -253,12 +253,15 @@ class FeatureCache:
 
     Args:
         max_entries: entries kept (least recently used dropped first); ``0`` disables caching.
+        device_types: where inputs are cached (default CPU only: on a GPU the tower is usually
+            faster than copying its input to the host and hashing it).
     """
 
-    def __init__(self, max_entries: int = 250_000):
+    def __init__(self, max_entries: int = 250_000, device_types: Sequence[str] = ("cpu",)):
         if max_entries < 0:
             raise ValueError(f"FeatureCache: max_entries must be >= 0, got {max_entries}")
         self.max_entries = int(max_entries)
+        self.device_types = tuple(device_types)
         self._store: OrderedDict[tuple[bytes, bytes], Tensor] = OrderedDict()
         self._digests: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.hits = self.misses = 0
@@ -271,10 +274,10 @@ class FeatureCache:
         return self
 
     def __getstate__(self) -> dict:
-        return {"max_entries": self.max_entries}
+        return {"max_entries": self.max_entries, "device_types": self.device_types}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["max_entries"])
+        self.__init__(state["max_entries"], state.get("device_types", ("cpu",)))
 
     def clear(self) -> None:
         self._store.clear()
@@ -303,9 +306,9 @@ class FeatureCache:
     def features(self, tower: nn.Module, x: Tensor, compute: Callable[[Tensor], Tensor]) -> Tensor:
         """``compute(x)`` (the frozen ``tower``'s features ``(B, D)`` of inputs ``(B, ...)``)
         with rows seen before reused and new rows stored."""
-        if self.max_entries == 0:
-            return compute(x)
         dev = x.device.type
+        if self.max_entries == 0 or dev not in self.device_types:
+            return compute(x)
         amp = torch.is_autocast_enabled(dev) and str(torch.get_autocast_dtype(dev))
         key = self._weights_digest(tower) + repr((dev, amp, tuple(x.shape[1:]), str(x.dtype))).encode()
         digests = self.row_digests(x)

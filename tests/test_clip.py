@@ -604,6 +604,11 @@ def test_feature_cache_gives_identical_features_and_reuses_them(clip):
     assert torch.equal(enc(x[:1]), fresh(x[:1])) and not torch.allclose(enc(x[:1]), want[:1], atol=1e-3)
     with pytest.raises(ValueError, match="max_entries must be >= 0"):
         FeatureCache(max_entries=-1)
+    off = FeatureCache(device_types=())  # e.g. GPU inputs with the CPU-only default
+    assert torch.equal(CLIPImageEncoder(model, feature_cache=off)(x), fresh(x)) and len(off) == 0
+    import pickle
+    back = pickle.loads(pickle.dumps(cache))  # pickles carry settings, not features
+    assert len(back) == 0 and back.max_entries == 5 and copy.deepcopy(cache) is cache
 
 
 def test_clip_feature_strategies_never_train_the_encoder():
