@@ -56,7 +56,7 @@ def _toy_corpus(n_concepts: int = 6, per: int = 24, size: int = 32) -> CaptionCo
 
 
 def test_project_configs_registered_and_listed():
-    assert {"fscl-vit-p8-64", TEST_MODEL} <= set(project_clip_models())
+    assert {"fscl-vit-p8-64", "fscl-rn-64", TEST_MODEL} <= set(project_clip_models())
     assert {"ViT-B-32", "ViT-B-16", "fscl-vit-p8-64"} <= set(list_clip_models())
 
 
@@ -195,6 +195,26 @@ def test_prompted_clip_bad_arguments(clip):
     rn, _, rtok = load_clip("RN50")
     with pytest.raises(ValueError, match="needs a ViT image tower"):
         PromptedCLIP(rn, rtok, ["a"], visual_prompt=True)
+
+
+def test_text_prompts_train_over_the_convolutional_project_clip():
+    """fscl-rn-64 (ModifiedResNet image tower, as many image-tower parameters as fscl-vit-p8-64's ViT):
+    CoOp prompts give logits over the class names and only the context receives gradients."""
+    torch.manual_seed(0)
+    rn, _, tok = load_clip("fscl-rn-64")
+    vit, _, _ = load_clip("fscl-vit-p8-64")
+    assert type(rn.visual).__name__ == "ModifiedResNet"
+    n_rn, n_vit = (sum(p.numel() for p in m.visual.parameters()) for m in (rn, vit))
+    assert (n_rn, n_vit) == (2_768_666, 2_768_640)  # equal to 0.001%: a tower comparison at one size
+    net = PromptedCLIP(rn, tok, ["cat", "dog", "bird"], n_ctx=4)
+    x = clip_image_transform(rn)(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))
+    out = net(x)
+    assert out.shape == (2, 3)
+    F.cross_entropy(out, torch.tensor([0, 2])).backward()
+    assert net.ctx.grad is not None and net.ctx.grad.abs().sum() > 0
+    assert all(p.grad is None for p in rn.parameters())
+    with pytest.raises(ValueError, match="needs a ViT image tower; ModifiedResNet"):
+        PromptedCLIP(rn, tok, ["a"], visual_prompt=True)
 
 
 def test_state_dict_round_trip_with_class_specific_context(clip):
@@ -484,6 +504,26 @@ def test_pretrain_clip_resumes_exactly_and_learns(tmp_path, data_root):
     assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.05  # the contrastive loss falls
     with pytest.raises(ValueError, match=r"another recipe \(changed: \{'lr'"):
         pretrain_clip(load_recipe("test_tiny", epochs=1, lr=0.01), tmp_path / "b", data_root, max_steps=17, progress=False)
+
+
+@pytest.mark.parametrize("name", ["fscl-vit-p8-64", "fscl-rn-64"])
+def test_kept_checkpoints_are_the_recorded_ones(name, data_root):
+    """Each kept CLIP matches the sha256 its pretraining summary recorded, and reproduces its
+    recorded CIFAR-10 zero-shot accuracy on a 1,000-image test subset (binomial std ~1.5 points)."""
+    import hashlib
+
+    from avalanche_fscl.benchmarks.pretrain_clip import zero_shot_accuracy
+    from avalanche_fscl.models.clip import KEPT_CLIP_DIR
+    from avalanche_fscl.streams.captions import cifar10_images, clip_templates
+
+    summary = json.loads((KEPT_CLIP_DIR / f"{name}.summary.json").read_text())
+    assert hashlib.sha256((KEPT_CLIP_DIR / f"{name}.pt").read_bytes()).hexdigest() == summary["final_sha256"]
+    require_dataset(data_root, "cifar10_jpeg")
+    model, _, tok = load_clip(name, pretrained="fscl")
+    x, y, names = cifar10_images(data_root, "test")
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:1000]
+    acc = zero_shot_accuracy(model, tok, x[idx], y[idx], names, clip_templates("cifar10", data_root))
+    assert abs(acc - summary["zero_shot"]["cifar10_test"]) < 5.0, (acc, summary["zero_shot"])
 
 
 def test_zero_shot_accuracy_matches_a_manual_argmax(clip):
