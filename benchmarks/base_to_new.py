@@ -14,7 +14,8 @@ Protocol (one command reproduces the table; a stopped run resumes cell by cell):
 - methods: ``zeroshot`` (no training), ``coop``, ``vpt``, ``gram_coop``, ``gram_vpt``,
   ``unigram``; ablations ``<gram method>_noreg`` (meta-learned init, plain gradients) and
   ``<gram method>_noinit`` (plain init, regulated gradients); every trained method runs ``steps`` SGD steps (batch 32, momentum 0.9, cosine,
-  random-resized-crop + flip) at ``lr``. GRAM methods start from a meta-learned prompt and
+  random-resized-crop + flip) at ``lr``, optionally with the gradient's global norm clipped
+  (``--clip-grad``; off by default and in every recorded table unless its settings say so). GRAM methods start from a meta-learned prompt and
   regulate every gradient; their meta-training (``meta-train-gram``, once per prompt kind,
   stored under ``OUTPUT/meta``) uses the corpus restricted to the base classes, so new classes'
   images and names are never seen by any prompt.
@@ -74,9 +75,11 @@ def apply_shift(images: Tensor, shift: str) -> Tensor:
 
 
 def tune_prompts(net, images: Tensor, labels: Tensor, *, steps: int, lr: float, regulator=None, batch_size: int = 32,
-                 momentum: float = 0.9, seed: int = 0) -> float:
+                 momentum: float = 0.9, seed: int = 0, clip_grad: float | None = None) -> float:
     """Prompt tuning: ``steps`` SGD steps on ``uint8`` images ``(N, 3, H, W)`` with labels (the
-    net's class ids); gradients pass through ``regulator`` when given. Returns seconds/step."""
+    net's class ids); gradients pass through ``regulator`` when given, then, with ``clip_grad``,
+    are rescaled to a global L2 norm of at most ``clip_grad`` (over all prompt tensors, after
+    the regulator: it bounds the update actually taken). Returns seconds/step."""
     from .pretrain_clip import random_resized_crop
 
     params = net.prompt_parameters()
@@ -97,6 +100,8 @@ def tune_prompts(net, images: Tensor, labels: Tensor, *, steps: int, lr: float, 
         loss.backward()
         if regulator is not None:
             regulator.regulate_(net)
+        if clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
         opt.step()
     net.eval()
     return (time.perf_counter() - t0) / steps
@@ -166,6 +171,7 @@ def run_base_to_new(
     threads: int = 0,
     validation: bool = False,
     meta: Mapping[str, Any] | None = None,
+    clip_grad: float | None = None,
     report_only: bool = False,
     command: str | None = None,
 ) -> dict[str, Any]:
@@ -175,6 +181,9 @@ def run_base_to_new(
     only: base = Tiny ImageNet labels 0-49, new = 50-99; shots from the first 16 shot-pool
     images of each class, test images = the other 14; no val image, no label >= 100 and no
     CIFAR-10 image is used (GRAM meta-trains on labels 0-49 there).
+
+    ``clip_grad`` bounds the global L2 norm of each prompt update's gradient (``None``: no
+    clipping, as the recorded tables).
 
     ``meta`` overrides GRAM's meta-training settings (:class:`GRAMMetaConfig` fields; by default
     ``inner_lr = lr`` and ``episodes = meta_episodes``). ``report_only`` rewrites the summary
@@ -190,6 +199,8 @@ def run_base_to_new(
     if any(k < 1 or k > 30 for k in shots):
         raise ValueError(f"shots={list(shots)}: each must be in 1..30 (the shot pool has 30 images per class)")
     apply_shift(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), shift)
+    if clip_grad is not None and not clip_grad > 0:
+        raise ValueError(f"clip_grad={clip_grad!r}: must be > 0 (or None for no clipping)")
     meta = dict(meta or {})
     fixed = {"clip_model", "clip_checkpoint", "prompt", "n_ctx", "ctx_init", "n_vpt", "vpt_deep", "tiny_classes"}
     bad = sorted((set(meta) - set(GRAMMetaConfig.__dataclass_fields__)) | (set(meta) & fixed))
@@ -204,6 +215,8 @@ def run_base_to_new(
                 "lr": lr, "validation": validation, "n_ctx": n_ctx, "ctx_init": ctx_init, "n_vpt": n_vpt, "vpt_deep": vpt_deep, "meta_episodes": meta_episodes}
     if meta:  # only when given, so runs recorded before this option still resume
         settings["meta"] = meta
+    if clip_grad is not None:  # likewise
+        settings["clip_grad"] = clip_grad
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {"settings": settings, "cells": {}}
     if results["settings"] != settings:
@@ -281,7 +294,8 @@ def run_base_to_new(
                 t0 = time.perf_counter()
                 torch.manual_seed(seed)
                 net, reg = make_net(method, seed)
-                sec_step = tune_prompts(net, sx, sy, steps=0 if method == "zeroshot" else steps, lr=lr, regulator=reg, seed=seed)
+                sec_step = tune_prompts(net, sx, sy, steps=0 if method == "zeroshot" else steps, lr=lr, regulator=reg, seed=seed,
+                                        clip_grad=clip_grad)
                 acc_base = _accuracy(net, val_x[test_base], val_y[test_base], base)
                 net.add_classes({c: names[c] for c in new})
                 acc_new = _accuracy(net, val_x[test_new], val_y[test_new], new)
@@ -333,7 +347,8 @@ def _markdown(r: dict) -> str:
     title = ("VALIDATION split (labels 0-49 base / 50-99 new, shot-pool images)" if s.get("validation")
              else "Tiny ImageNet 100 base / 100 new; CIFAR-10 cross-dataset")
     lines = [f"# Base-to-new under a `{s['shift']}` shift ({title})", "",
-             f"CLIP `{s['clip_model']}` (`{s['clip_checkpoint']}`), {s['steps']} SGD steps at lr {s['lr']}, "
+             f"CLIP `{s['clip_model']}` (`{s['clip_checkpoint']}`), {s['steps']} SGD steps at lr {s['lr']}"
+             f"{', gradient norm clipped at ' + str(s['clip_grad']) if s.get('clip_grad') else ''}, "
              f"n_ctx {s['n_ctx']} (init {s.get('ctx_init')!r}), n_vpt {s['n_vpt']} (deep: {s['vpt_deep']}), GRAM meta-training {s['meta_episodes']} episodes. "
              f"Seeds {r.get('seeds')}; top-1 %, mean ± std over seeds.", ""]
     for k in r.get("shots", []):
@@ -372,6 +387,7 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--meta-set", action="append", default=[], metavar="KEY=VALUE",
                    help="a GRAM meta-training setting (GRAMMetaConfig field), e.g. --meta-set inner_steps=5")
+    p.add_argument("--clip-grad", type=float, help="clip each prompt gradient to this global L2 norm (default: no clipping)")
     p.add_argument("--report-only", action="store_true", help="rewrite results.md from the stored cells; run nothing")
     p.add_argument("--validation", action="store_true",
                    help="the hyper-parameter split: labels 0-49 base / 50-99 new, shot-pool images only (no test image)")
@@ -384,7 +400,7 @@ def run_from_args(args) -> int:
         args.output, clip_model=args.clip_model, clip_checkpoint=None if args.clip_checkpoint.lower() == "none" else args.clip_checkpoint, shots=args.shots, seeds=args.seeds,
         methods=args.methods, shift=args.shift, steps=args.steps, lr=args.lr, n_ctx=args.n_ctx, ctx_init=args.ctx_init or None, n_vpt=args.n_vpt,
         vpt_deep=args.vpt_deep, meta_episodes=args.meta_episodes, data_root=args.data_root, device=args.device,
-        threads=args.threads, validation=args.validation, meta=meta_config_overrides(args.meta_set, "base-to-new --meta-set"), report_only=args.report_only, command="avalanche-fscl " + shlex.join(sys.argv[1:]),
+        threads=args.threads, validation=args.validation, meta=meta_config_overrides(args.meta_set, "base-to-new --meta-set"), clip_grad=args.clip_grad, report_only=args.report_only, command="avalanche-fscl " + shlex.join(sys.argv[1:]),
     )
     print(f"results: {Path(args.output) / 'results.md'}")
     return 0

@@ -266,6 +266,28 @@ def test_identity_regulator_equals_plain_tuning(clip):
     assert torch.equal(nets[0].ctx, nets[1].ctx) and torch.equal(nets[0].vpt, nets[1].vpt)
 
 
+def test_prompt_gradient_clipping_bounds_every_update(clip):
+    from avalanche_fscl.benchmarks.base_to_new import run_base_to_new, tune_prompts
+
+    model, tok = clip
+    x = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
+    y = torch.arange(12) % 3
+    tf = clip_image_transform(model)
+    make = lambda: PromptedCLIP(model, tok, ["a", "b", "c"], visual_prompt=True, input_transform=tf, seed=1)  # noqa: E731
+    free, clipped, loose = make(), make(), make()
+    start = torch.cat([free.ctx.detach().flatten(), free.vpt.detach().flatten()])
+    moved = lambda n: (torch.cat([n.ctx.detach().flatten(), n.vpt.detach().flatten()]) - start).norm().item()  # noqa: E731
+    # one step, no momentum history: the step is lr * the (clipped) gradient, lr = 0.05 at the cosine's start
+    tune_prompts(free, x, y, steps=1, lr=0.05, seed=3)
+    tune_prompts(clipped, x, y, steps=1, lr=0.05, seed=3, clip_grad=1e-3)
+    tune_prompts(loose, x, y, steps=1, lr=0.05, seed=3, clip_grad=1e6)
+    assert moved(free) > 0.05 * 1e-3 * 10  # the unclipped gradient is far above the bound ...
+    assert moved(clipped) == pytest.approx(0.05 * 1e-3, rel=1e-3)  # ... which the clipped step meets exactly
+    assert torch.equal(loose.ctx, free.ctx) and torch.equal(loose.vpt, free.vpt)  # a loose bound changes nothing
+    with pytest.raises(ValueError, match=r"clip_grad=0.0: must be > 0"):
+        run_base_to_new(".", clip_grad=0.0)
+
+
 def test_prompted_clip_reuses_frozen_image_features_only_without_visual_prompts(clip):
     from avalanche_fscl.benchmarks.base_to_new import _accuracy
     from avalanche_fscl.models.clip import FeatureCache
