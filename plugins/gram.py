@@ -10,7 +10,10 @@ a :class:`~avalanche_fscl.models.PromptedCLIP`:
 - before the first training session, the prompts are set to the meta-learned initialisation;
 - at every optimisation step of every session (``before_update``: after the backward pass,
   before the optimizer), each prompt's gradient ``g`` is replaced by the frozen regulator's
-  ``psi(g)`` (the paper's downstream use, as in SUPMER);
+  ``psi(g)`` (the paper's downstream use, as in SUPMER), then, with ``clip_grad``, the prompt
+  gradients are rescaled to a global L2 norm of at most ``clip_grad`` (ours: it bounds the update
+  actually taken; without it prompt tuning on a CLIP with small prompt gradients and a large lr can
+  collapse, see benchmarks/results/base_to_new_rn);
 - before every training and evaluation experience, the class-name classifier grows with the
   experience's ``class_names`` (or the ``class_names`` given here, for streams without them).
 
@@ -51,11 +54,17 @@ class GRAMPlugin(SupervisedPlugin):
         load_init: set the prompts to the checkpoint's initialisation before the first session.
         regulate: apply the regulator to prompt gradients (off: init only, an ablation).
         class_names: ``{class id: name}`` for streams whose experiences carry no ``class_names``.
+        clip_grad: clip the prompt gradients (after the regulator) to this global L2 norm; ``None``
+            (default) leaves them as they are.
     """
 
     def __init__(self, meta_checkpoint: str | None = None, regulator: GradientRegulator | None = None,
-                 load_init: bool = True, regulate: bool = True, class_names: Mapping[int, str] | None = None):
+                 load_init: bool = True, regulate: bool = True, class_names: Mapping[int, str] | None = None,
+                 clip_grad: float | None = None):
         super().__init__()
+        if clip_grad is not None and not clip_grad > 0:
+            raise ValueError(f"clip_grad={clip_grad!r}: must be > 0 (or None for no clipping)")
+        self.clip_grad = None if clip_grad is None else float(clip_grad)
         self.meta_checkpoint = meta_checkpoint
         self.ckpt = load_gram_checkpoint(meta_checkpoint) if meta_checkpoint else None
         if regulator is None and self.ckpt is not None:
@@ -104,9 +113,10 @@ class GRAMPlugin(SupervisedPlugin):
 
     @torch.no_grad()
     def before_update(self, strategy: Any, *args, **kwargs) -> None:
-        if not self.regulate or self.regulator is None:
-            return
-        self.regulator.regulate_(find_prompted_clip(strategy.model))
+        if self.regulate and self.regulator is not None:
+            self.regulator.regulate_(find_prompted_clip(strategy.model))
+        if self.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(find_prompted_clip(strategy.model).prompt_parameters(), self.clip_grad)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:

@@ -67,6 +67,8 @@ class CLIPPrompt(StrategySpec):
         gram: attach :class:`~avalanche_fscl.plugins.GRAMPlugin` with ``meta_checkpoint``.
         regulate: with ``gram``, regulate gradients (off: meta-learned init only, an ablation).
         lr, momentum: SGD on the prompts; base_epochs, novel_epochs: per-session epochs.
+        clip_grad: clip the prompt gradient to this global L2 norm (after GRAM's regulator);
+            ``None`` (default): no clipping.
         autocast: ``None``, ``"bf16"`` or ``"fp16"`` mixed precision inside the model.
         templates: ``"photo"`` (``a photo of a {c}.``) or ``"imagenet"`` (CLIP's 80) for zero-shot.
     """
@@ -75,7 +77,7 @@ class CLIPPrompt(StrategySpec):
                  n_ctx: int = 4, ctx_init: str | None = "a photo of a", class_specific: bool = False, n_vpt: int = 4,
                  vpt_deep: bool = False, gram: bool = False, meta_checkpoint: str | None = None, regulate: bool = True,
                  lr: float = 0.002, momentum: float = 0.9, base_epochs: int = 1, novel_epochs: int = 10,
-                 autocast: str | None = None, templates: str = "photo", seed: int = 0):
+                 autocast: str | None = None, templates: str = "photo", seed: int = 0, clip_grad: float | None = None):
         super().__init__()
         if prompt not in PROMPTS:
             raise ValueError(f"prompt={prompt!r}; allowed: {', '.join(PROMPTS)}")
@@ -87,6 +89,8 @@ class CLIPPrompt(StrategySpec):
             raise ValueError(f"autocast={autocast!r}; allowed: None, 'bf16', 'fp16'")
         if templates not in ("photo", "imagenet"):
             raise ValueError(f"templates={templates!r}; allowed: 'photo', 'imagenet'")
+        if clip_grad is not None and not clip_grad > 0:
+            raise ValueError(f"clip_grad={clip_grad!r}: must be > 0 (or None for no clipping)")
         if gram and not meta_checkpoint:
             raise ValueError("gram=True needs meta_checkpoint (a gram.pt from `avalanche-fscl meta-train-gram`)")
         if gram and prompt == "none":
@@ -99,7 +103,7 @@ class CLIPPrompt(StrategySpec):
         self.n_ctx, self.ctx_init, self.class_specific = n_ctx, ctx_init, class_specific
         self.n_vpt, self.vpt_deep = n_vpt, vpt_deep
         self.gram, self.meta_checkpoint, self.regulate = gram, meta_checkpoint, regulate
-        self.lr, self.momentum = lr, momentum
+        self.lr, self.momentum, self.clip_grad = lr, momentum, clip_grad
         self.base_epochs, self.novel_epochs = base_epochs, novel_epochs
         self.autocast, self.templates, self.seed = autocast, templates, seed
 
@@ -151,8 +155,9 @@ class CLIPPrompt(StrategySpec):
 
         names = dict(enumerate(ctx.scenario.class_names or []))
         if self.gram:
-            return [GRAMPlugin(self.meta_checkpoint, regulate=self.regulate, class_names=names)]
-        return [GRAMPlugin(None, class_names=names)]  # grows the class names only (identity regulator)
+            return [GRAMPlugin(self.meta_checkpoint, regulate=self.regulate, class_names=names, clip_grad=self.clip_grad)]
+        # grows the class names (identity regulator) and clips, if asked
+        return [GRAMPlugin(None, class_names=names, clip_grad=self.clip_grad)]
 
 
 register_variant(CLIPPrompt, "zeroshot_clip", "Zero-shot CLIP (open_clip): class-name text embeddings, nothing trained.",

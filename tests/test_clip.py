@@ -504,6 +504,46 @@ def test_gram_plugin_loads_init_regulates_and_grows(tmp_path, clip):
         GRAMPlugin(str(tmp_path / "none.pt"))
 
 
+def test_gram_plugin_clips_prompt_updates_in_an_avalanche_strategy(clip):
+    """``clip_grad`` bounds every prompt update (one step per experience here: lr * clip_grad),
+    and bad values are refused by the plugin and by the registered strategies."""
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    from avalanche.benchmarks.utils import as_classification_dataset
+    from avalanche.training import Naive
+
+    from avalanche_fscl.plugins import GRAMPlugin
+    from avalanche_fscl.strategies import make_spec
+    from avalanche_fscl.streams.data import TensorImageDataset as TensorDataset
+
+    model, tok = clip
+
+    def steps(plugin):
+        torch.manual_seed(0)
+        net = PromptedCLIP(model, tok, n_ctx=2, input_transform=clip_image_transform(model))
+        x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8).float() / 255
+        ds = [as_classification_dataset(TensorDataset(x[:4], torch.tensor([0, 1, 0, 1]))),
+              as_classification_dataset(TensorDataset(x[4:], torch.tensor([2, 3, 2, 3])))]
+        bm = benchmark_from_datasets(train=ds, test=ds)
+        strat = Naive(model=net, optimizer=torch.optim.SGD(net.prompt_parameters(), lr=0.5), train_mb_size=4,
+                      train_epochs=1, eval_mb_size=4, plugins=[plugin], evaluator=None)
+        out = []
+        for exp in bm.train_stream:
+            before = net.ctx.detach().clone()
+            strat.train(exp)
+            out.append((net.ctx.detach() - before).norm().item())
+        return out
+
+    names = {0: "red thing", 1: "green thing", 2: "blue thing", 3: "dark stone"}
+    free = steps(GRAMPlugin(None, class_names=names))
+    clipped = steps(GRAMPlugin(None, class_names=names, clip_grad=1e-4))
+    assert all(f > 0.5 * 1e-4 * 10 for f in free)  # the unclipped steps are far larger than the bound
+    assert clipped == pytest.approx([0.5 * 1e-4] * 2, rel=1e-3)  # each clipped step meets it exactly
+    with pytest.raises(ValueError, match=r"clip_grad=-1: must be > 0"):
+        GRAMPlugin(None, clip_grad=-1)
+    with pytest.raises(ValueError, match=r"clip_grad=0: must be > 0"):
+        make_spec("coop", {"clip_grad": 0})
+
+
 # ------------------------------------------------------------------------------ pretraining
 
 
