@@ -458,45 +458,52 @@ def test_base_to_new_rejects_meta_settings_it_fixes_itself(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written before the arguments are checked
 
 
-def test_gram_plugin_loads_init_regulates_and_grows(tmp_path, clip):
-    """In an Avalanche strategy: the init is loaded once, every update is regulated, class
-    names grow; the same strategy without regulation gives a different update."""
+_TOY_NAMES = {0: "red thing", 1: "green thing", 2: "blue thing", 3: "dark stone"}
+
+
+def _train_in_naive(clip, plugin):
+    """Two 2-class experiences of 4 images each, one SGD step (lr 0.5) per experience, in
+    Avalanche's ``Naive`` with ``plugin``. Returns the net, the class ids it knows after each
+    experience and the norm of each experience's change of the text context."""
     from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
     from avalanche.benchmarks.utils import as_classification_dataset
     from avalanche.training import Naive
 
     from avalanche_fscl.streams.data import TensorImageDataset as TensorDataset
 
+    model, tok = clip
+    torch.manual_seed(0)
+    net = PromptedCLIP(model, tok, n_ctx=2, input_transform=clip_image_transform(model))
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8).float() / 255
+    ds = [as_classification_dataset(TensorDataset(x[:4], torch.tensor([0, 1, 0, 1]))),
+          as_classification_dataset(TensorDataset(x[4:], torch.tensor([2, 3, 2, 3])))]
+    bm = benchmark_from_datasets(train=ds, test=ds)
+    strat = Naive(model=net, optimizer=torch.optim.SGD(net.prompt_parameters(), lr=0.5), train_mb_size=4,
+                  train_epochs=1, eval_mb_size=4, plugins=[plugin], evaluator=None)
+    seen, moved = [], []
+    for exp in bm.train_stream:
+        before = net.ctx.detach().clone()
+        strat.train(exp)
+        seen.append(sorted(net.names))
+        moved.append((net.ctx.detach() - before).norm().item())
+    return net, seen, moved
+
+
+def test_gram_plugin_loads_init_regulates_and_grows(tmp_path, clip):
+    """In an Avalanche strategy: the init is loaded once, every update is regulated, class
+    names grow; the same strategy without regulation gives a different update."""
     from avalanche_fscl.plugins import GRAMPlugin
 
-    model, tok = clip
-    corpus = _toy_corpus()
     cfg = GRAMMetaConfig(clip_model=TEST_MODEL, prompt="coop", topics=1, domains=2, ways=2, shots=2, queries=3,
                          episodes=4, meta_batch=2, inner_lr=0.5, regulator_lr=0.05, n_ctx=2, ctx_init=None)
-    path = meta_train_gram(cfg, tmp_path / "m", corpus=corpus, progress=False)
+    path = meta_train_gram(cfg, tmp_path / "m", corpus=_toy_corpus(), progress=False)
     ck = load_gram_checkpoint(path)
 
-    def run(plugin):
-        torch.manual_seed(0)
-        net = PromptedCLIP(model, tok, n_ctx=2, input_transform=clip_image_transform(model))
-        x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8).float() / 255
-        ds = [as_classification_dataset(TensorDataset(x[:4], torch.tensor([0, 1, 0, 1]))),
-              as_classification_dataset(TensorDataset(x[4:], torch.tensor([2, 3, 2, 3])))]
-        bm = benchmark_from_datasets(train=ds, test=ds)
-        strat = Naive(model=net, optimizer=torch.optim.SGD(net.prompt_parameters(), lr=0.5), train_mb_size=4,
-                      train_epochs=1, eval_mb_size=4, plugins=[plugin], evaluator=None)
-        seen = []
-        for exp in bm.train_stream:
-            strat.train(exp)
-            seen.append(sorted(net.names))
-        return net, seen
-
-    names = {0: "red thing", 1: "green thing", 2: "blue thing", 3: "dark stone"}
-    plugin = GRAMPlugin(str(path), class_names=names)
-    net, seen = run(plugin)
+    plugin = GRAMPlugin(str(path), class_names=_TOY_NAMES)
+    net, seen, _ = _train_in_naive(clip, plugin)
     assert seen == [[0, 1], [0, 1, 2, 3]]
     assert plugin.init_loaded and plugin.state_dict() == {"init_loaded": True}
-    plain, _ = run(GRAMPlugin(str(path), regulate=False, class_names=names))
+    plain, _, _ = _train_in_naive(clip, GRAMPlugin(str(path), regulate=False, class_names=_TOY_NAMES))
     init_only = ck["prompts"]["ctx"]
     assert not torch.equal(net.ctx.detach().cpu(), init_only)  # trained from the init
     assert not torch.allclose(net.ctx, plain.ctx)  # the regulator changed the updates
@@ -507,35 +514,11 @@ def test_gram_plugin_loads_init_regulates_and_grows(tmp_path, clip):
 def test_gram_plugin_clips_prompt_updates_in_an_avalanche_strategy(clip):
     """``clip_grad`` bounds every prompt update (one step per experience here: lr * clip_grad),
     and bad values are refused by the plugin and by the registered strategies."""
-    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
-    from avalanche.benchmarks.utils import as_classification_dataset
-    from avalanche.training import Naive
-
     from avalanche_fscl.plugins import GRAMPlugin
     from avalanche_fscl.strategies import make_spec
-    from avalanche_fscl.streams.data import TensorImageDataset as TensorDataset
 
-    model, tok = clip
-
-    def steps(plugin):
-        torch.manual_seed(0)
-        net = PromptedCLIP(model, tok, n_ctx=2, input_transform=clip_image_transform(model))
-        x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8).float() / 255
-        ds = [as_classification_dataset(TensorDataset(x[:4], torch.tensor([0, 1, 0, 1]))),
-              as_classification_dataset(TensorDataset(x[4:], torch.tensor([2, 3, 2, 3])))]
-        bm = benchmark_from_datasets(train=ds, test=ds)
-        strat = Naive(model=net, optimizer=torch.optim.SGD(net.prompt_parameters(), lr=0.5), train_mb_size=4,
-                      train_epochs=1, eval_mb_size=4, plugins=[plugin], evaluator=None)
-        out = []
-        for exp in bm.train_stream:
-            before = net.ctx.detach().clone()
-            strat.train(exp)
-            out.append((net.ctx.detach() - before).norm().item())
-        return out
-
-    names = {0: "red thing", 1: "green thing", 2: "blue thing", 3: "dark stone"}
-    free = steps(GRAMPlugin(None, class_names=names))
-    clipped = steps(GRAMPlugin(None, class_names=names, clip_grad=1e-4))
+    _, _, free = _train_in_naive(clip, GRAMPlugin(None, class_names=_TOY_NAMES))
+    _, _, clipped = _train_in_naive(clip, GRAMPlugin(None, class_names=_TOY_NAMES, clip_grad=1e-4))
     assert all(f > 0.5 * 1e-4 * 10 for f in free)  # the unclipped steps are far larger than the bound
     assert clipped == pytest.approx([0.5 * 1e-4] * 2, rel=1e-3)  # each clipped step meets it exactly
     with pytest.raises(ValueError, match=r"clip_grad=-1: must be > 0"):
