@@ -83,6 +83,8 @@ class GRAMMetaConfig:
     query_new: extra query-only concepts per task (ours; 0 = the paper's same-concept query).
     episodes: outer steps; meta_batch: tasks per outer step.
     inner_steps, inner_lr: inner loop (SGD on the regulated gradient; match the downstream lr).
+    inner_clip_grad: clip the regulated inner-loop gradient to this global L2 norm (ours; match a
+        downstream ``clip_grad``); ``None`` (default): no clipping.
     first_order: treat the support gradient as a constant (default) or keep its graph.
     outer_lr, regulator_lr: Adam learning rates; clip_grad: max grad norm of each.
     threads: CPU threads (0 = torch's default); checkpoint_minutes: wall minutes between checkpoints.
@@ -109,6 +111,7 @@ class GRAMMetaConfig:
     meta_batch: int = 4
     inner_steps: int = 1
     inner_lr: float = 0.002
+    inner_clip_grad: float | None = None
     first_order: bool = True
     outer_lr: float = 1e-3
     regulator_lr: float = 1e-3
@@ -131,6 +134,8 @@ class GRAMMetaConfig:
             raise ValueError(f"ways={self.ways!r} must be >= 2")
         if self.query_new < 0:
             raise ValueError(f"query_new={self.query_new!r} must be >= 0")
+        if self.inner_clip_grad is not None and not self.inner_clip_grad > 0:
+            raise ValueError(f"inner_clip_grad={self.inner_clip_grad!r} must be > 0 (or None for no clipping)")
 
 
 def meta_config_overrides(items: Sequence[str], where: str = "meta-train-gram") -> dict[str, Any]:
@@ -335,8 +340,12 @@ def meta_train_gram(
             for _ in range(config.inner_steps):
                 loss_s = F.cross_entropy(_task_logits(net, xs, names[:n_sup], fast, None if zs is None else zs[:n_sup]), ys_t)
                 grads = torch.autograd.grad(loss_s, list(fast.values()), create_graph=not config.first_order)
-                fast = {n: w - config.inner_lr * reg(n, gr.detach() if config.first_order else gr)
-                        for (n, w), gr in zip(fast.items(), grads)}
+                upd = [reg(n, gr.detach() if config.first_order else gr) for n, gr in zip(fast, grads)]
+                if config.inner_clip_grad is not None:  # as clip_grad_norm_ downstream, kept differentiable
+                    norm = torch.sqrt(sum(u.pow(2).sum() for u in upd))
+                    scale = (config.inner_clip_grad / (norm + 1e-6)).clamp(max=1.0)
+                    upd = [u * scale for u in upd]
+                fast = {n: w - config.inner_lr * u for (n, w), u in zip(fast.items(), upd)}
             loss_q = F.cross_entropy(_task_logits(net, xq, names, fast, zs), yq_t)
             (loss_q / config.meta_batch).backward()
             gain += (before - loss_q.item()) / config.meta_batch

@@ -395,6 +395,24 @@ def test_meta_config_bad_arguments():
         GRAMMetaConfig(regulator="x")
     with pytest.raises(ValueError, match="query_new=-1 must be >= 0"):
         GRAMMetaConfig(query_new=-1)
+    with pytest.raises(ValueError, match="inner_clip_grad=0 must be > 0"):
+        GRAMMetaConfig(inner_clip_grad=0)
+
+
+def test_meta_training_inner_clipping_changes_only_what_it_bounds(tmp_path):
+    """A bound far above the inner gradient leaves meta-training bit-identical; a tight one
+    changes what is learned (the inner steps, hence the outer gradients, differ)."""
+    corpus = _toy_corpus()
+    kw = dict(clip_model=TEST_MODEL, prompt="coop", topics=1, domains=2, ways=2, shots=2, queries=3, episodes=2,
+              meta_batch=1, inner_steps=2, inner_lr=0.5, regulator_lr=0.05)
+    runs = {}
+    for name, clip_grad in [("none", None), ("loose", 1e9), ("tight", 1e-6)]:
+        torch.manual_seed(0)
+        path = meta_train_gram(GRAMMetaConfig(inner_clip_grad=clip_grad, **kw), tmp_path / name, corpus=corpus, progress=False)
+        runs[name] = load_gram_checkpoint(path)
+    assert torch.equal(runs["none"]["prompts"]["ctx"], runs["loose"]["prompts"]["ctx"])
+    assert all(torch.equal(runs["none"]["regulator"][k], runs["loose"]["regulator"][k]) for k in runs["none"]["regulator"])
+    assert not torch.equal(runs["none"]["prompts"]["ctx"], runs["tight"]["prompts"]["ctx"])
 
 
 @pytest.mark.parametrize("prompt", ["coop", "vpt"])
