@@ -54,6 +54,9 @@ class CLIPRecipe:
     eval_images: per-test-set images used by the periodic zero-shot check (the final one uses all).
     eval_minutes: wall minutes between periodic zero-shot checks.
     seed: data order, augmentation and initialisation.
+    init: ``None`` (random initialisation) or the weights to start from, as ``load_clip``'s
+        ``pretrained`` (``"fscl"`` = the kept checkpoint of ``model``, a checkpoint path, an open_clip
+        tag): a warm restart that continues a finished run with a fresh optimizer and schedule.
     """
 
     model: str = "fscl-vit-p8-64"
@@ -72,6 +75,7 @@ class CLIPRecipe:
     eval_images: int = 2000
     eval_minutes: float = 15.0
     seed: int = 0
+    init: str | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -182,6 +186,14 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _init_sha256(recipe: CLIPRecipe) -> str | None:
+    """sha256 of the file a warm restart started from (``None`` for an open_clip tag)."""
+    from ..models.clip import KEPT_CLIP_DIR
+
+    path = KEPT_CLIP_DIR / f"{recipe.model}.pt" if recipe.init == "fscl" else Path(str(recipe.init)).expanduser()
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def _subset(n: int, k: int, seed: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(n, k)]
 
@@ -241,7 +253,7 @@ def pretrain_clip(
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
-    model, _, tokenizer = load_clip(recipe.model, device=device)
+    model, _, tokenizer = load_clip(recipe.model, pretrained=recipe.init, device=device)
     model.train()
     size = clip_image_size(model)
     corpus = caption_corpus(data_root, recipe.sources, image_size=max(size, 32))
@@ -366,6 +378,8 @@ def pretrain_clip(
                "corpus_images": len(corpus), "threads": torch.get_num_threads(), "device": device,
                "command": command, "finished": state["step"] >= total,
                "recipe_changes": state.get("recipe_changes", [])}
+    if recipe.init is not None:
+        summary["init_sha256"] = _init_sha256(recipe)
     if state["step"] >= total:
         summary["zero_shot"] = evals(model, tokenizer, None, bf16)
         final = out / "final.pt"

@@ -569,6 +569,33 @@ def test_pretrain_clip_resumes_exactly_and_learns(tmp_path, data_root):
         pretrain_clip(load_recipe("test_tiny", epochs=1, lr=0.01), tmp_path / "b", data_root, max_steps=17, progress=False)
 
 
+def test_pretrain_clip_warm_restart_starts_from_the_init_weights(tmp_path, data_root):
+    """``init``: the run starts from the checkpoint's weights (not a random init), records the
+    file's sha256, and refuses a checkpoint of another architecture."""
+    require_dataset(data_root, "cifar10_jpeg")
+    import hashlib
+
+    from avalanche_fscl.benchmarks.pretrain_clip import load_recipe, pretrain_clip
+    from avalanche_fscl.models.clip import save_clip_checkpoint
+
+    torch.manual_seed(123)
+    src, _, _ = load_clip("fscl-vit-test")
+    path = tmp_path / "init.pt"
+    save_clip_checkpoint(path, src, "fscl-vit-test")
+    warm = pretrain_clip(load_recipe("test_tiny", init=str(path)), tmp_path / "warm", data_root, max_steps=0, progress=False)
+    pretrain_clip(load_recipe("test_tiny"), tmp_path / "cold", data_root, max_steps=0, progress=False)
+    w = torch.load(tmp_path / "warm" / "last.pt", weights_only=True)["model"]
+    c = torch.load(tmp_path / "cold" / "last.pt", weights_only=True)["model"]
+    for k, v in src.state_dict().items():
+        assert torch.equal(w[k], v), k
+    assert not torch.equal(c["visual.conv1.weight"], w["visual.conv1.weight"])
+    assert warm["init_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    other, _, _ = load_clip("fscl-rn-64")
+    save_clip_checkpoint(tmp_path / "rn.pt", other, "fscl-rn-64")
+    with pytest.raises(ValueError, match="architecture 'fscl-rn-64', not model_name='fscl-vit-test'"):
+        pretrain_clip(load_recipe("test_tiny", init=str(tmp_path / "rn.pt")), tmp_path / "bad", data_root, max_steps=0, progress=False)
+
+
 @pytest.mark.parametrize("name", ["fscl-vit-p8-64", "fscl-rn-64"])
 def test_kept_checkpoints_are_the_recorded_ones(name, data_root):
     """Each kept CLIP matches the sha256 its pretraining summary recorded, and reproduces its
