@@ -638,6 +638,8 @@ def test_pretrain_recipe_errors():
         load_recipe("test_tiny", lr_max=1)
     with pytest.raises(ValueError, match=r"loss='mse'; allowed: unicl, clip"):
         load_recipe("test_tiny", loss="mse")
+    with pytest.raises(ValueError, match=r"init='nowhere/x.pt': no such checkpoint file; allowed: 'fscl'"):
+        load_recipe("test_tiny", init="nowhere/x.pt")
 
 
 def test_cli_pretrain_clip_bad_config_is_one_line(capsys):
