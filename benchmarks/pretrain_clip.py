@@ -92,8 +92,9 @@ class CLIPRecipe:
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"pretrain-clip recipe: crop_scale={self.crop_scale!r} must satisfy 0 < lo <= hi <= 1")
         self.crop_scale = (float(lo), float(hi))
-        if self.init is not None and self.init != "fscl" and ("/" in str(self.init) or str(self.init).endswith((".pt", ".pth", ".bin", ".safetensors"))) \
-                and not Path(str(self.init)).expanduser().is_file():
+        from ..models.clip import names_a_file
+
+        if self.init not in (None, "fscl") and names_a_file(self.init) and not Path(str(self.init)).expanduser().is_file():
             raise ValueError(f"pretrain-clip recipe: init={self.init!r}: no such checkpoint file; allowed: 'fscl', a checkpoint path, an open_clip tag")
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "KEPT_CLIP_DIR",
     "PRECISIONS",
     "load_clip",
+    "names_a_file",
     "list_clip_models",
     "project_clip_models",
     "clip_image_transform",
@@ -86,6 +87,11 @@ def save_clip_checkpoint(
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     with atomic_path(path) as tmp:
         torch.save({"model_name": model_name, "state_dict": state, **meta}, tmp)
+
+
+def names_a_file(pretrained: str | os.PathLike) -> bool:
+    """Whether a ``pretrained`` value is meant as a checkpoint path (not an open_clip tag)."""
+    return os.sep in str(pretrained) or str(pretrained).endswith((".pt", ".pth", ".bin", ".safetensors"))
 
 
 def _load_local(model: nn.Module, model_name: str, path: Path) -> None:
@@ -152,7 +158,7 @@ def load_clip(
         p = Path(pretrained).expanduser()
         if p.is_file():
             local = p
-        elif os.sep in str(pretrained) or str(pretrained).endswith((".pt", ".pth", ".bin", ".safetensors")):
+        elif names_a_file(pretrained):
             raise FileNotFoundError(f"load_clip: pretrained={str(pretrained)!r}: no such checkpoint file")
         else:
             tags = open_clip.list_pretrained_tags_by_model(model_name)
