@@ -50,6 +50,11 @@ class CLIPRecipe:
     precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"`` (time both on the first batch, keep the faster).
     threads: torch CPU threads (0 = leave torch's default).
     crop_scale: random-resized-crop area range; flip: random horizontal flips.
+    mixup: Beta(a, a) concentration of batch mixup (0 = off): every image becomes
+        ``lam * x_i + (1 - lam) * x_perm(i)`` (one ``lam`` per batch) and both directions of the
+        contrastive loss take the mixed targets (:func:`contrastive_loss`). A regulariser for
+        corpora with few distinct images per concept, where the model fits the seen images
+        far better than new ones.
     checkpoint_minutes: wall minutes between checkpoints.
     eval_images: per-test-set images used by the periodic zero-shot check (the final one uses all).
     eval_minutes: wall minutes between periodic zero-shot checks.
@@ -71,6 +76,7 @@ class CLIPRecipe:
     threads: int = 2
     crop_scale: tuple[float, float] = (0.5, 1.0)
     flip: bool = True
+    mixup: float = 0.0
     checkpoint_minutes: float = 5.0
     eval_images: int = 2000
     eval_minutes: float = 15.0
@@ -88,6 +94,9 @@ class CLIPRecipe:
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"pretrain-clip recipe: {name}={getattr(self, name)!r} must be >= 1")
+        if not float(self.mixup) >= 0:
+            raise ValueError(f"pretrain-clip recipe: mixup={self.mixup!r} must be >= 0 (0 = off)")
+        self.mixup = float(self.mixup)
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"pretrain-clip recipe: crop_scale={self.crop_scale!r} must satisfy 0 < lo <= hi <= 1")
@@ -142,16 +151,28 @@ def random_resized_crop(x: Tensor, size: int, scale: tuple[float, float], flip: 
     return out
 
 
-def contrastive_loss(img: Tensor, txt: Tensor, scale: Tensor, concept: Tensor | None) -> Tensor:
+def contrastive_loss(
+    img: Tensor, txt: Tensor, scale: Tensor, concept: Tensor | None, mix: tuple[float, Tensor] | None = None
+) -> Tensor:
     """Symmetric InfoNCE over normalised embeddings ``(B, D)``; with ``concept`` ``(B,)`` every
-    pair of one concept is a positive (targets uniform over them), else only the diagonal."""
+    pair of one concept is a positive (targets uniform over them), else only the diagonal.
+
+    ``mix = (lam, perm)``: image ``i`` is the mixup ``lam * x_i + (1 - lam) * x_perm[i]``, so its
+    positive weight on text ``j`` is ``lam * pos[i, j] + (1 - lam) * pos[perm[i], j]``; the image-to-
+    text targets are these rows normalised, the text-to-image targets the columns normalised.
+    """
     logits = scale * img.float() @ txt.float().T
-    if concept is None:
+    if concept is None and mix is None:
         target = torch.arange(len(img), device=img.device)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-    same = (concept[:, None] == concept[None, :]).float()
-    target = same / same.sum(1, keepdim=True)
-    return (torch.sum(-target * logits.log_softmax(1), 1).mean() + torch.sum(-target * logits.T.log_softmax(1), 1).mean()) / 2
+    pos = (concept[:, None] == concept[None, :]).float() if concept is not None else torch.eye(len(img), device=img.device)
+    pos = pos / pos.sum(1, keepdim=True)  # per image, uniform over its positives
+    i2t = t2i = pos  # pos is symmetric in distribution: row j is also text j's target over images
+    if mix is not None:
+        lam, perm = mix
+        mixed = lam * pos + (1 - lam) * pos[perm.to(pos.device)]
+        i2t, t2i = mixed, mixed.T / mixed.T.sum(1, keepdim=True)
+    return (torch.sum(-i2t * logits.log_softmax(1), 1).mean() + torch.sum(-t2i * logits.T.log_softmax(1), 1).mean()) / 2
 
 
 @torch.no_grad()
@@ -269,8 +290,8 @@ def pretrain_clip(
     plain = asdict(recipe) | {"crop_scale": list(recipe.crop_scale)}
     if last.exists():
         ck = load_torch(last)
-        changed = {k: [ck["recipe"].get(k), v] for k, v in plain.items()
-                   if k not in _RUNTIME_FIELDS and ck["recipe"].get(k) != v}
+        before = asdict(CLIPRecipe()) | {"crop_scale": list(CLIPRecipe().crop_scale)} | ck["recipe"]  # fields newer than the run: their defaults
+        changed = {k: [before.get(k), v] for k, v in plain.items() if k not in _RUNTIME_FIELDS and before.get(k) != v}
         if changed and not allow_recipe_change:
             raise ValueError(f"pretrain-clip: {last} was written by another recipe (changed: {changed}); use another "
                              "--output, or --allow-recipe-change to continue this run with them (e.g. more epochs)")
@@ -288,7 +309,7 @@ def pretrain_clip(
         t = (step - recipe.warmup_steps) / max(1, total - recipe.warmup_steps)
         return 0.5 * recipe.lr * (1 + math.cos(math.pi * min(1.0, t)))
 
-    def batch(step: int) -> tuple[Tensor, Tensor, Tensor]:
+    def batch(step: int) -> tuple[Tensor, Tensor, Tensor, tuple[float, Tensor] | None]:
         epoch, i = divmod(step, steps_per_epoch)
         order = torch.randperm(len(corpus), generator=torch.Generator().manual_seed(recipe.seed * 100_003 + epoch))
         idx = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
@@ -300,17 +321,25 @@ def pretrain_clip(
         x = (x - torch.tensor(OPENAI_DATASET_MEAN, device=device).view(1, 3, 1, 1)) / torch.tensor(
             OPENAI_DATASET_STD, device=device).view(1, 3, 1, 1)
         text = tokenizer(corpus.sample_captions(idx, g)).to(device)
-        return x, text, corpus.concept[idx].to(device)
+        mix = None
+        if recipe.mixup > 0:
+            import numpy as np
+
+            lam = float(np.random.default_rng(recipe.seed * 1_000_003 + step).beta(recipe.mixup, recipe.mixup))
+            perm = torch.randperm(len(x), generator=g).to(device)
+            x = lam * x + (1 - lam) * x[perm]
+            mix = (lam, perm)
+        return x, text, corpus.concept[idx].to(device), mix
 
     def train_step(step: int, bf16: bool) -> float:
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        x, text, concept = batch(step)
+        x, text, concept, mix = batch(step)
         torch.manual_seed(recipe.seed * 7919 + step)  # patch dropout draws from the global RNG
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             img = model.encode_image(x, normalize=True)
             txt = model.encode_text(text, normalize=True)
-        loss = contrastive_loss(img, txt, model.logit_scale.exp(), concept if recipe.loss == "unicl" else None)
+        loss = contrastive_loss(img, txt, model.logit_scale.exp(), concept if recipe.loss == "unicl" else None, mix)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -629,6 +629,25 @@ def test_zero_shot_accuracy_matches_a_manual_argmax(clip):
     assert zero_shot_accuracy(model, tok, x, y, names, templates, batch_size=7) == pytest.approx(100 * (pred == y).float().mean().item())
 
 
+def test_contrastive_loss_mixup_targets_match_a_hand_computation():
+    """Mixup targets: image i = 0.7 x_i + 0.3 x_perm(i) puts 0.7 on its own concept's texts and
+    0.3 on its partner's; texts take the matching columns, normalised. lam = 1 is the plain loss."""
+    from avalanche_fscl.benchmarks.pretrain_clip import contrastive_loss
+
+    torch.manual_seed(0)
+    img, txt = F.normalize(torch.randn(4, 8), dim=1), F.normalize(torch.randn(4, 8), dim=1)
+    concept, perm, scale = torch.tensor([0, 0, 1, 2]), torch.tensor([2, 3, 0, 1]), torch.tensor(10.0)
+    logits = scale * img @ txt.T
+    i2t = torch.tensor([[0.35, 0.35, 0.3, 0.0], [0.35, 0.35, 0.0, 0.3], [0.15, 0.15, 0.7, 0.0], [0.15, 0.15, 0.0, 0.7]])
+    t2i = i2t.T / i2t.T.sum(1, keepdim=True)
+    hand = (-(i2t * logits.log_softmax(1)).sum(1).mean() - (t2i * logits.T.log_softmax(1)).sum(1).mean()) / 2
+    assert contrastive_loss(img, txt, scale, concept, (0.7, perm)).item() == pytest.approx(hand.item(), rel=1e-6)
+    plain = contrastive_loss(img, txt, scale, concept)
+    assert contrastive_loss(img, txt, scale, concept, (1.0, perm)).item() == pytest.approx(plain.item(), rel=1e-6)
+    diag = (F.cross_entropy(logits, torch.arange(4)) + F.cross_entropy(logits.T, torch.arange(4))) / 2
+    assert contrastive_loss(img, txt, scale, None, (1.0, perm)).item() == pytest.approx(diag.item(), rel=1e-6)
+
+
 def test_pretrain_recipe_errors():
     from avalanche_fscl.benchmarks.pretrain_clip import load_recipe
 
@@ -638,6 +657,8 @@ def test_pretrain_recipe_errors():
         load_recipe("test_tiny", lr_max=1)
     with pytest.raises(ValueError, match=r"loss='mse'; allowed: unicl, clip"):
         load_recipe("test_tiny", loss="mse")
+    with pytest.raises(ValueError, match=r"mixup=-0.5 must be >= 0 \(0 = off\)"):
+        load_recipe("test_tiny", mixup=-0.5)
     with pytest.raises(ValueError, match=r"init='nowhere/x.pt': no such checkpoint file; allowed: 'fscl'"):
         load_recipe("test_tiny", init="nowhere/x.pt")
 
