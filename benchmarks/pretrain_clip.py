@@ -94,8 +94,8 @@ class CLIPRecipe:
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"pretrain-clip recipe: {name}={getattr(self, name)!r} must be >= 1")
-        if not float(self.mixup) >= 0:
-            raise ValueError(f"pretrain-clip recipe: mixup={self.mixup!r} must be >= 0 (0 = off)")
+        if isinstance(self.mixup, bool) or not isinstance(self.mixup, (int, float)) or not self.mixup >= 0:
+            raise ValueError(f"pretrain-clip recipe: mixup={self.mixup!r} must be a number >= 0 (0 = off)")
         self.mixup = float(self.mixup)
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
@@ -287,10 +287,13 @@ def pretrain_clip(
     opt = torch.optim.AdamW(_param_groups(model, recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
     state = {"step": 0, "elapsed_s": 0.0, "history": [], "precision": None}
     last = out / "last.pt"
-    plain = asdict(recipe) | {"crop_scale": list(recipe.crop_scale)}
+    def plain_fields(r: CLIPRecipe) -> dict:  # as stored in last.pt (YAML/torch-safe types)
+        return asdict(r) | {"crop_scale": list(r.crop_scale)}
+
+    plain = plain_fields(recipe)
     if last.exists():
         ck = load_torch(last)
-        before = asdict(CLIPRecipe()) | {"crop_scale": list(CLIPRecipe().crop_scale)} | ck["recipe"]  # fields newer than the run: their defaults
+        before = plain_fields(CLIPRecipe()) | ck["recipe"]  # fields newer than the run: their defaults
         changed = {k: [before.get(k), v] for k, v in plain.items() if k not in _RUNTIME_FIELDS and before.get(k) != v}
         if changed and not allow_recipe_change:
             raise ValueError(f"pretrain-clip: {last} was written by another recipe (changed: {changed}); use another "

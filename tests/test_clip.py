@@ -657,8 +657,10 @@ def test_pretrain_recipe_errors():
         load_recipe("test_tiny", lr_max=1)
     with pytest.raises(ValueError, match=r"loss='mse'; allowed: unicl, clip"):
         load_recipe("test_tiny", loss="mse")
-    with pytest.raises(ValueError, match=r"mixup=-0.5 must be >= 0 \(0 = off\)"):
+    with pytest.raises(ValueError, match=r"mixup=-0.5 must be a number >= 0 \(0 = off\)"):
         load_recipe("test_tiny", mixup=-0.5)
+    with pytest.raises(ValueError, match=r"mixup='strong' must be a number >= 0"):
+        load_recipe("test_tiny", mixup="strong")
     with pytest.raises(ValueError, match=r"init='nowhere/x.pt': no such checkpoint file; allowed: 'fscl'"):
         load_recipe("test_tiny", init="nowhere/x.pt")
 
