@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["eval_mode", "extract_features", "class_mean_features", "EvalFeatureCapture"]
+__all__ = ["eval_mode", "extract_features", "class_mean_features", "support_prototypes", "EvalFeatureCapture"]
 
 _MISSING = object()
 
@@ -33,6 +33,14 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+def support_prototypes(support: Tensor, labels: Tensor, ways: int) -> Tensor:
+    """Unit-norm class prototypes ``(ways, D)`` (float32) of an episode's support features
+    ``(S, D)`` with labels ``(S,)`` in ``[0, ways)``: the normalised class sums, i.e. the
+    directions of the class means (the cosine-prototype head of FSCL's and RAML's episodes)."""
+    sums = torch.zeros(ways, support.shape[1], device=support.device).index_add_(0, labels, support.float())
+    return F.normalize(sums, dim=1)
 
 
 def _batches(dataset: Dataset, batch_size: int, device) -> Iterator[tuple[Tensor, Tensor]]:

@@ -15,7 +15,10 @@ rest in. What comes from where:
   training (FOMAML with a cosine-prototype head; ``meta_inner_steps=0`` is ProtoNet;
   ``first_order=False`` backpropagates through the inner steps) on N-way K-shot episodes
   of the base classes. ``theta`` starts from ``phi``: the model keeps the meta-learned
-  weights.
+  weights. BatchNorm during the episodes (``meta_norm_stats``): ``"episode"`` normalises
+  with each episode's batch and updates the running statistics; ``"frozen"`` keeps the
+  base training's statistics (eval mode), so the features the prototypes are built from
+  at evaluation are the ones meta-learning optimised.
 * [ours] The classifier (with step 1, or after meta-learning) is a cosine prototype
   classifier: at the end of every session the rows of its classes are set to the
   normalised mean features of their training samples (the base classes' too: trained
@@ -60,13 +63,14 @@ from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 
 from ..streams.episodes import few_shot_episodes
-from ._features import class_mean_features
+from ._features import class_mean_features, support_prototypes
 from ._importance import IMPORTANCE_ESTIMATORS, PathIntegral, dataset_importance
 from ._session import training_session
 
 __all__ = ["FastSlowConsolidationPlugin"]
 
 _STATE_VERSION = 1
+_NORM_STATS = ("episode", "frozen")  # BatchNorm statistics during meta-learning
 _HEAD = ("weight", "bias")  # FSCILNet's classifier rows: never consolidated by the penalty
 SlowFilter = str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 
@@ -106,6 +110,9 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
             (outer: SGD, momentum 0.9, cosine decay over the episodes).
         first_order: ignore second derivatives through the inner steps (FOMAML).
         meta_scale: temperature of the cosine-prototype logits in episodes.
+        meta_norm_stats: BatchNorm during meta-learning: ``"episode"`` (train mode: each
+            episode's batch statistics, running statistics updated) or ``"frozen"`` (eval
+            mode: the statistics of the supervised base training, kept).
         batch_size: batch size of feature and importance passes.
         seed: seeds the meta-learning episodes (the same episodes after a resume).
 
@@ -132,6 +139,7 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         meta_lr: float = 0.01,
         first_order: bool = True,
         meta_scale: float = 10.0,
+        meta_norm_stats: str = "episode",
         batch_size: int = 256,
         seed: int = 0,
     ):
@@ -151,6 +159,8 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         for name, v in [("meta_lr", meta_lr), ("meta_scale", meta_scale)]:
             if not (isinstance(v, (int, float)) and v > 0):
                 raise ValueError(f"{name} must be > 0, got {v!r}")
+        if meta_norm_stats not in _NORM_STATS:
+            raise ValueError(f"meta_norm_stats={meta_norm_stats!r}: allowed {', '.join(_NORM_STATS)}")
         if slow is None and (meta or slow_step > 0):
             raise ValueError("slow=None (no slow weights) needs meta=False and slow_step=0")
         if isinstance(slow, str):
@@ -161,7 +171,7 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         self.meta = meta
         self.meta_episodes, self.meta_ways, self.meta_shots, self.meta_queries = meta_episodes, meta_ways, meta_shots, meta_queries
         self.meta_inner_steps, self.meta_inner_lr, self.meta_lr = int(meta_inner_steps), float(meta_inner_lr), float(meta_lr)
-        self.first_order, self.meta_scale = first_order, float(meta_scale)
+        self.first_order, self.meta_scale, self.meta_norm_stats = first_order, float(meta_scale), meta_norm_stats
         self.batch_size, self.seed = batch_size, int(seed)
 
         self.slow_names: list[str] | None = None  # parameters with slow weights
@@ -362,7 +372,7 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         opt = torch.optim.SGD(slow, lr=self.meta_lr, momentum=0.9)
         n_ep = len(episodes)
         was_training = model.training
-        model.train()
+        model.train(self.meta_norm_stats == "episode")
         try:
             for i, ep in enumerate(episodes):
                 for g in opt.param_groups:
@@ -390,8 +400,7 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         """Cross-entropy of the queries under cosine logits to the support prototypes."""
         feats = torch.func.functional_call(net, weights, (torch.cat([sx, qx]) if qx is not sx else sx,), strict=False)
         fs, fq = (feats[: len(sx)], feats[len(sx):]) if qx is not sx else (feats, feats)
-        protos = torch.zeros(ways, fs.shape[1], device=fs.device, dtype=fs.dtype).index_add_(0, sy, fs)
-        logits = self.meta_scale * F.normalize(fq, dim=1) @ F.normalize(protos, dim=1).T
+        logits = self.meta_scale * F.normalize(fq.float(), dim=1) @ support_prototypes(fs, sy, ways).T
         return F.cross_entropy(logits, qy)
 
     # -------------------------------------------------------------------- state

@@ -15,7 +15,7 @@ from ..models.classifier import MASK_VALUE
 from ..models.fusion import FUSIONS, MultiViewFusionHead
 from ..retrieval import RetrievalMemory, StaleMemoryError
 from ..streams.episodes import few_shot_episodes
-from ._features import EvalFeatureCapture, eval_mode, extract_features
+from ._features import EvalFeatureCapture, eval_mode, extract_features, support_prototypes
 from ._session import training_session
 from .prototype import PrototypeClassifierPlugin
 
@@ -347,8 +347,7 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
                     x = torch.cat([ep.support_x, ep.query_x]).to(device)
                     f = model.features(x)
                     fs, fq = f[: len(ep.support_x)], f[len(ep.support_x):]
-                    protos = torch.zeros(ways, f.shape[1], device=device).index_add_(0, ep.support_y.to(device), fs.float())
-                    protos = F.normalize(protos, dim=1)
+                    protos = support_prototypes(fs, ep.support_y.to(device), ways)
                     proto_logits = scale * F.normalize(fq.float(), dim=1) @ protos.T
                     table.fill_(-1)
                     table[torch.tensor(cls_i, device=device)] = torch.arange(ways, device=device)

@@ -47,8 +47,8 @@ class FSCL(StrategySpec):
                  importance: str = "fisher", meta: bool = True, meta_episodes: int = 200,
                  meta_ways: int = 20, meta_shots: int = 5, meta_queries: int = 5,
                  meta_inner_steps: int = 1, meta_inner_lr: float = 0.05, meta_lr: float = 0.01,
-                 first_order: bool = True, slow: str | None = "backbone", epochs: int | None = None,
-                 seed: int = 0):
+                 first_order: bool = True, meta_scale: float = 10.0, meta_norm_stats: str = "episode",
+                 slow: str | None = "backbone", epochs: int | None = None, seed: int = 0):
         super().__init__()
         if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0):
             raise ValueError(f"epochs must be an integer >= 0 or None, got {epochs!r}")
@@ -57,7 +57,8 @@ class FSCL(StrategySpec):
             slow=slow, fast_strength=fast_strength, slow_step=slow_step, slow_strength=slow_strength,
             importance=importance, meta=meta, meta_episodes=meta_episodes, meta_ways=meta_ways,
             meta_shots=meta_shots, meta_queries=meta_queries, meta_inner_steps=meta_inner_steps,
-            meta_inner_lr=meta_inner_lr, meta_lr=meta_lr, first_order=first_order, seed=seed,
+            meta_inner_lr=meta_inner_lr, meta_lr=meta_lr, first_order=first_order, meta_scale=meta_scale,
+            meta_norm_stats=meta_norm_stats, seed=seed,
         )
         FastSlowConsolidationPlugin(**self.plugin_args)  # bad values fail here, before any output
 

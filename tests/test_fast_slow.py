@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from avalanche.training.supervised import Naive, Replay
 from torch import nn
 
@@ -111,6 +112,30 @@ def test_meta_learning_changes_the_backbone_and_resets_base_rows_to_prototypes(s
     assert base_accuracy(model, scenario) > 0.8
 
 
+@pytest.mark.parametrize("norm_stats, kept", [("frozen", True), ("episode", False)])
+def test_meta_norm_stats_keep_or_update_the_base_training_statistics(scenario, norm_stats, kept):
+    ref, _ = run(scenario, [FastSlowConsolidationPlugin(fast_strength=100, meta=False)], sessions=1)
+    model, _ = run(scenario, [FastSlowConsolidationPlugin(fast_strength=100, meta_norm_stats=norm_stats, **META)],
+                   sessions=1)
+    bn, bn_ref = model.backbone.net[2], ref.backbone.net[2]
+    assert not torch.equal(model.backbone.net[1].weight, ref.backbone.net[1].weight), "meta-learning ran"
+    for name in ("running_mean", "running_var"):
+        assert torch.equal(getattr(bn, name), getattr(bn_ref, name)) == kept, name
+    assert base_accuracy(model, scenario) > 0.8
+
+
+def test_support_prototypes_are_unit_class_mean_directions():
+    from avalanche_fscl.plugins._features import support_prototypes
+
+    g = torch.Generator().manual_seed(0)
+    feats, labels = torch.randn(12, 5, generator=g, dtype=torch.float64), torch.tensor([2, 0, 1, 0] * 3)
+    protos = support_prototypes(feats, labels, ways=3)
+    means = torch.stack([feats[labels == c].mean(0) for c in range(3)]).float()
+    assert protos.shape == (3, 5) and protos.dtype == torch.float32
+    assert torch.allclose(protos, F.normalize(means, dim=1), atol=1e-6)
+    assert torch.allclose(protos.norm(dim=1), torch.ones(3))
+
+
 def test_slow_weights_context_swaps_and_restores(scenario):
     plugin = FastSlowConsolidationPlugin(fast_strength=10, slow_step=0.5, meta=False)
     model, _ = run(scenario, [plugin], sessions=2)
@@ -190,6 +215,7 @@ def test_resume_is_exact(scenario):
         ({"slow_step": 1.5}, r"slow_step must be in \[0, 1\], got 1.5"),
         ({"meta_episodes": 0}, r"meta_episodes must be an integer >= 1, got 0"),
         ({"meta_lr": 0}, r"meta_lr must be > 0"),
+        ({"meta_norm_stats": "batch"}, r"meta_norm_stats='batch': allowed episode, frozen"),
         ({"slow": None}, r"slow=None \(no slow weights\) needs meta=False and slow_step=0"),
     ],
 )
