@@ -40,7 +40,10 @@ class FSCL(StrategySpec):
     """Fast/slow weights with two-step consolidation (FSCL, Wang et al. 2021; design partly ours).
 
     Arguments are :class:`~avalanche_fscl.plugins.FastSlowConsolidationPlugin`'s, plus
-    ``epochs`` (incremental sessions' epochs; default: the run's ``novel_epochs``).
+    ``epochs`` (incremental sessions' epochs; default: the run's ``novel_epochs``) and
+    ``base_epochs`` (supervised epochs of the base session before meta-learning; default: the
+    run's ``base_epochs``, so the base training is the baselines' and can be shared with them;
+    fewer trades supervised epochs for meta-learning episodes within the baselines' budget).
     """
 
     def __init__(self, fast_strength: float = 1000.0, slow_step: float = 0.1, slow_strength: float = 1.0,
@@ -48,11 +51,13 @@ class FSCL(StrategySpec):
                  meta_ways: int = 20, meta_shots: int = 5, meta_queries: int = 5,
                  meta_inner_steps: int = 1, meta_inner_lr: float = 0.05, meta_lr: float = 0.01,
                  first_order: bool = True, meta_scale: float = 10.0, meta_norm_stats: str = "episode",
-                 slow: str | None = "backbone", epochs: int | None = None, seed: int = 0):
+                 slow: str | None = "backbone", epochs: int | None = None, base_epochs: int | None = None,
+                 seed: int = 0):
         super().__init__()
-        if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0):
-            raise ValueError(f"epochs must be an integer >= 0 or None, got {epochs!r}")
-        self.epochs = epochs
+        for name, v in (("epochs", epochs), ("base_epochs", base_epochs)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise ValueError(f"{name} must be an integer >= 0 or None, got {v!r}")
+        self.epochs, self.base_epochs = epochs, base_epochs
         self.plugin_args = dict(
             slow=slow, fast_strength=fast_strength, slow_step=slow_step, slow_strength=slow_strength,
             importance=importance, meta=meta, meta_episodes=meta_episodes, meta_ways=meta_ways,
@@ -66,7 +71,7 @@ class FSCL(StrategySpec):
         return [FastSlowConsolidationPlugin(**self.plugin_args)]
 
     def schedule(self, base: SessionSchedule) -> SessionSchedule:
-        return base.replace(novel_epochs=self.epochs)
+        return base.replace(novel_epochs=self.epochs, base_epochs=self.base_epochs)
 
     def base_session_key(self, ctx: StrategyContext) -> dict[str, Any] | None:
         # SI integrates the training path: a base session loaded from the cache has none

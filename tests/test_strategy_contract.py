@@ -220,3 +220,14 @@ def test_a_plugin_only_method_shares_the_baselines_base_session(tmp_path):
     info = {r["strategy"]: r["base_session"] for r in res["runs"]}
     assert info["finetune"]["source"] == "trained" and info["fscl_no_meta"]["source"] == "cache"
     assert info["finetune"]["key"] == info["fscl_no_meta"]["key"]
+
+
+def test_fscl_base_epochs_trade_supervised_epochs_for_meta_learning():
+    from avalanche_fscl.strategies.template import SessionSchedule
+
+    run = SessionSchedule(base_epochs=8, base_lr=0.1, novel_epochs=20, novel_lr=0.01)
+    assert make_spec("fscl").schedule(run) == run  # default: the baselines' base training, shareable
+    own = make_spec("fscl", {"base_epochs": 3, "epochs": 2}).schedule(run)
+    assert (own.base_epochs, own.novel_epochs, own.base_lr, own.novel_lr) == (3, 2, 0.1, 0.01)
+    with pytest.raises(ValueError, match=r"base_epochs must be an integer >= 0 or None, got -2"):
+        make_spec("fscl", {"base_epochs": -2})
