@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["eval_mode", "as_model_layout", "extract_features", "class_mean_features", "support_prototypes",
-           "EvalFeatureCapture"]
+__all__ = ["eval_mode", "extract_features", "class_mean_features", "support_prototypes", "EvalFeatureCapture"]
 
 _MISSING = object()
 
@@ -34,19 +33,6 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, training in modes:
             m.training = training
-
-
-def as_model_layout(x: Tensor, model: nn.Module) -> Tensor:
-    """``x`` in the memory layout of ``model``'s convolutions: an image batch ``(B, C, H, W)``
-    becomes ``channels_last`` when the model's first 4-D weight is (the strategies' option
-    ``channels_last``, ~1.8x faster convolutions on CPU; a mixed-layout conv falls back to the
-    slow path). Anything else is returned as it is."""
-    if x.dim() != 4:
-        return x
-    w = next((p for p in model.parameters() if p.dim() == 4), None)
-    if w is None or w.is_contiguous() or not w.is_contiguous(memory_format=torch.channels_last):
-        return x
-    return x.contiguous(memory_format=torch.channels_last)
 
 
 def support_prototypes(support: Tensor, labels: Tensor, ways: int) -> Tensor:
@@ -78,7 +64,7 @@ def extract_features(
     feats, labels = [], []
     with eval_mode(model), torch.no_grad():
         for x, y in _batches(dataset, batch_size, device):
-            feats.append(model.features(as_model_layout(x, model)))
+            feats.append(model.features(x))
             labels.append(y)
     if not feats:
         raise ValueError("extract_features: the dataset is empty")
@@ -119,7 +105,7 @@ def class_mean_features(
     table[torch.tensor(classes, device=device)] = torch.arange(len(classes), device=device)
     with eval_mode(model), torch.no_grad():
         for x, y in _batches(dataset, batch_size, device):
-            f = model.features(as_model_layout(x, model)).float()  # accumulate in fp32 (AMP features)
+            f = model.features(x).float()  # accumulate in fp32 (AMP features)
             if normalize_features:
                 f = F.normalize(f, dim=1)
             if sums is None:

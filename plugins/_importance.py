@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ._features import _batches, as_model_layout, eval_mode
+from ._features import _batches, eval_mode
 
 __all__ = ["IMPORTANCE_ESTIMATORS", "dataset_importance", "PathIntegral"]
 
@@ -46,7 +46,7 @@ def dataset_importance(
     with eval_mode(model):
         for x, y in _batches(dataset, batch_size, device):
             model.zero_grad(set_to_none=True)
-            logits = model(as_model_layout(x, model))
+            logits = model(x)
             if kind == "fisher":
                 loss = F.cross_entropy(logits, y.long())
             else:

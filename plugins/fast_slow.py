@@ -63,7 +63,7 @@ from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 
 from ..streams.episodes import few_shot_episodes
-from ._features import as_model_layout, class_mean_features, support_prototypes
+from ._features import class_mean_features, support_prototypes
 from ._importance import IMPORTANCE_ESTIMATORS, PathIntegral, dataset_importance
 from ._session import training_session
 
@@ -378,8 +378,8 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
             for i, ep in enumerate(episodes):
                 for g in opt.param_groups:
                     g["lr"] = 0.5 * self.meta_lr * (1 + math.cos(math.pi * i / n_ep))
-                sx, sy = as_model_layout(ep.support_x.to(device), model), ep.support_y.to(device)
-                qx, qy = as_model_layout(ep.query_x.to(device), model), ep.query_y.to(device)
+                sx, sy = ep.support_x.to(device), ep.support_y.to(device)
+                qx, qy = ep.query_x.to(device), ep.query_y.to(device)
                 fast = {f"m.{n}": p for n, p in zip(names, slow)}
                 for _ in range(self.meta_inner_steps):
                     loss = self._episode_loss(net, fast, sx, sy, sx, sy, ways)

@@ -15,7 +15,7 @@ from ..models.classifier import MASK_VALUE
 from ..models.fusion import FUSIONS, MultiViewFusionHead
 from ..retrieval import RetrievalMemory, StaleMemoryError
 from ..streams.episodes import few_shot_episodes
-from ._features import EvalFeatureCapture, as_model_layout, eval_mode, extract_features, support_prototypes
+from ._features import EvalFeatureCapture, eval_mode, extract_features, support_prototypes
 from ._session import training_session
 from .prototype import PrototypeClassifierPlugin
 
@@ -231,7 +231,7 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
         def embed(payload_ids: Tensor) -> Tensor:
             xs = [_item(self.external, p) if p < n_ext else self.inputs[p] for p in payload_ids.tolist()]
             with eval_mode(model), torch.no_grad():
-                return torch.cat([model.features(as_model_layout(torch.stack(xs[i:i + self.batch_size]).to(device), model))
+                return torch.cat([model.features(torch.stack(xs[i:i + self.batch_size]).to(device))
                                   for i in range(0, len(xs), self.batch_size)])
 
         self.memory.reembed(embed, tag)
@@ -344,7 +344,7 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
                         memory, class_means = self._episode_memory(model, eval_ds, device, len(table))
                     cls_i, idx = episodes.indices(i)
                     ep = episodes[i]
-                    x = as_model_layout(torch.cat([ep.support_x, ep.query_x]).to(device), model)
+                    x = torch.cat([ep.support_x, ep.query_x]).to(device)
                     f = model.features(x)
                     fs, fq = f[: len(ep.support_x)], f[len(ep.support_x):]
                     protos = support_prototypes(fs, ep.support_y.to(device), ways)

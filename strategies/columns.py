@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..plugins._features import as_model_layout, eval_mode
+from ..plugins._features import eval_mode
 from .spec import EvalColumn, StrategyContext, register_column
 from .template import FSCILStrategy
 
@@ -60,7 +60,7 @@ class HeldoutFewShotColumn(EvalColumn):
         model, device = strategy.model, strategy.device
         with self._slow_context(strategy), eval_mode(model):
             xs = self.episodes._gather(torch.arange(len(self.dataset)).numpy())
-            feats = torch.cat([model.features(as_model_layout(xs[i:i + self.batch_size].to(device), model)).float()
+            feats = torch.cat([model.features(xs[i:i + self.batch_size].to(device)).float()
                                for i in range(0, len(xs), self.batch_size)])
         feats = F.normalize(feats, dim=1)
         ep = self.episodes

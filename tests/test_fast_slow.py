@@ -247,19 +247,3 @@ def test_on_cuda(scenario):
     assert base_accuracy(model.cpu(), scenario) > 0.8
     state = roundtrip(plugin.state_dict())
     assert all(not v.is_cuda for v in state["slow"].values())
-
-
-def test_as_model_layout_follows_the_models_convolutions():
-    from avalanche_fscl.plugins._features import as_model_layout
-
-    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten())
-    x = torch.randn(4, 3, 8, 8)
-    assert as_model_layout(x, net) is x  # contiguous model: input untouched
-    net.to(memory_format=torch.channels_last)
-    y = as_model_layout(x, net)
-    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
-    assert torch.equal(y, x)  # same values, other strides
-    assert torch.allclose(net(y), net(x), atol=1e-5)
-    flat = torch.randn(4, 5)
-    assert as_model_layout(flat, net) is flat  # not an image batch
-    assert as_model_layout(x, nn.Linear(5, 2)) is x  # no convolution
