@@ -16,6 +16,7 @@ from conftest import REPO
 SUBPACKAGES = ["streams", "plugins", "strategies", "models", "benchmarks", "retrieval"]
 
 
+@pytest.mark.slow  # a fresh interpreter importing every subpackage (~12 s on a slow CPU)
 def test_installed_package_imports_from_outside_the_repo_silently(tmp_path):
     code = (
         "warnings.simplefilter('error')\n"
@@ -53,6 +54,7 @@ def test_public_api_from_python():
     assert set(list_strategies()) >= {"finetune", "ewc", "lwf", "replay", "ncm", "joint", "prototype"}
 
 
+@pytest.mark.slow  # builds a wheel (~6 s)
 def test_wheel_contents(tmp_path):
     # build from a copy: setuptools writes build/ and *.egg-info next to the sources, and no
     # test may write into the checkout
