@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.fx.passes.split_module import split_module
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["eval_mode", "extract_features", "class_mean_features", "support_prototypes", "EvalFeatureCapture"]
+__all__ = ["eval_mode", "extract_features", "class_mean_features", "support_prototypes", "EvalFeatureCapture",
+           "FeatureSplit", "split_features", "lower_features"]
 
 _MISSING = object()
 
@@ -120,6 +123,88 @@ def class_mean_features(
         raise ValueError(f"class_mean_features: no samples of classes {missing[:10]} in the dataset")
     assert sums is not None
     return sums / counts.unsqueeze(1).to(sums.dtype)
+
+
+class _Features(nn.Module):
+    """``model.features`` as a module (for ``torch.func.functional_call`` and ``torch.fx``)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.m = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.m.features(x)
+
+
+class FeatureSplit(NamedTuple):
+    """``model.features`` cut in two: ``upper(*lower(x)) == model.features(x)``.
+
+    ``lower`` returns a tuple of the tensors that cross the cut (one for a plain stack of
+    layers, two inside a residual block); ``names`` maps each of the given parameters to its
+    name in ``upper`` (``upper`` shares the model's parameters, it copies none).
+    """
+
+    lower: nn.Module
+    upper: nn.Module
+    names: dict[str, str]
+
+
+def split_features(model: nn.Module, params: Sequence[str], argument: str = "params") -> FeatureSplit:
+    """Cut ``model.features`` just before the first use of one of ``params`` (parameter names
+    of ``model``), by tracing it with ``torch.fx``.
+
+    ``lower`` then depends on none of ``params``: with BatchNorm statistics fixed (eval
+    mode), its outputs for a dataset can be computed once and reused while ``params`` train.
+
+    Raises:
+        ValueError (naming ``argument``): ``features`` cannot be traced, or ``params`` are
+            used by the first layer with weights (nothing worth cutting off) or not at all.
+    """
+    net, wanted = _Features(model), {f"m.{n}" for n in params}
+    try:
+        graph = torch.fx.symbolic_trace(net)
+    except Exception as e:  # data-dependent control flow, untraceable calls
+        raise ValueError(f"{argument}: cannot trace {type(model).__name__}.features with torch.fx ({e})") from e
+    part, seen, lower_ops = {}, False, 0
+    for node in graph.graph.nodes:
+        if node.op == "call_module":
+            seen = seen or any(w.startswith(node.target + ".") for w in wanted)
+        elif node.op == "get_attr":
+            seen = seen or node.target in wanted
+        if not seen and node.op == "call_module":  # layers with weights before the cut
+            lower_ops += any(True for _ in graph.get_submodule(node.target).parameters())
+        part[node.name] = int(seen)
+    if not seen or lower_ops == 0:
+        where = "are not used by features()" if not seen else "are used by its first layer: there is nothing before them"
+        raise ValueError(f"{argument}: the selected parameters {where}; select parameters of the upper layers")
+    cut = split_module(graph, net, lambda node: part[node.name])
+    lower, upper = cut.submod_0, cut.submod_1
+    by_id = {id(p): n for n, p in upper.named_parameters()}
+    own = dict(model.named_parameters())
+    return FeatureSplit(_TupleOutput(lower), upper, {n: by_id[id(own[n])] for n in params})
+
+
+class _TupleOutput(nn.Module):
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        out = self.module(x)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def lower_features(lower: nn.Module, model: nn.Module, dataset: Dataset, batch_size: int,
+                   device: str | torch.device) -> tuple[Tensor, ...]:
+    """``lower``'s outputs for every item of ``dataset``, in order: a tuple of ``(N, ...)``
+    tensors on ``device`` (``model`` in eval mode, no gradients)."""
+    parts: list[tuple[Tensor, ...]] = []
+    with eval_mode(model), torch.no_grad():
+        for x, _ in _batches(dataset, batch_size, device):
+            parts.append(lower(x))
+    if not parts:
+        raise ValueError("lower_features: the dataset is empty")
+    return tuple(torch.cat(p) for p in zip(*parts))
 
 
 class EvalFeatureCapture:

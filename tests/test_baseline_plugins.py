@@ -54,7 +54,7 @@ class ScaleNoise:
         return x * 0.5 + 0.05 * torch.randn_like(x)
 
 
-def make_scenario(seed: int = 0, spread: float = 3.0):
+def make_scenario(seed: int = 0, spread: float = 3.0, augment: bool = True):
     g = torch.Generator().manual_seed(seed)
     centers = torch.randn(N_CLASSES, 16, generator=g) * spread
 
@@ -70,7 +70,7 @@ def make_scenario(seed: int = 0, spread: float = 3.0):
         ways=WAYS,
         shots=SHOTS,
         seed=seed,
-        train_transform=ScaleNoise(),
+        train_transform=ScaleNoise() if augment else Scale(),
         eval_transform=Scale(),
     )
 

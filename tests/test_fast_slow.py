@@ -124,6 +124,56 @@ def test_meta_norm_stats_keep_or_update_the_base_training_statistics(scenario, n
     assert base_accuracy(model, scenario) > 0.8
 
 
+@pytest.mark.parametrize("inner_steps", [0, 1])
+def test_meta_cache_gives_the_uncached_result_without_augmentation(inner_steps):
+    # no augmentation: the cached lower layer's outputs are the ones the live path computes
+    scenario = make_scenario(spread=2.0, augment=False)
+    upper = ["backbone.net.4"]  # Linear(32, 16): the cut is after BatchNorm + ReLU
+    args = dict(META, slow=upper, meta_norm_stats="frozen", meta_inner_steps=inner_steps, fast_strength=100)
+    live = FastSlowConsolidationPlugin(**args)
+    cached = FastSlowConsolidationPlugin(meta_cache=True, **args)
+    ref, _ = run(scenario, [FastSlowConsolidationPlugin(fast_strength=100, meta=False)], sessions=1)
+    a, _ = run(scenario, [live], sessions=1)
+    b, _ = run(scenario, [cached], sessions=1)
+    assert not torch.equal(a.backbone.net[4].weight, ref.backbone.net[4].weight), "meta-learning ran"
+    assert torch.equal(a.backbone.net[1].weight, ref.backbone.net[1].weight), "lower layers are not slow"
+    for k in live.slow:
+        assert torch.allclose(live.slow[k], cached.slow[k], atol=1e-5), k
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(model_tensors(a).values(), model_tensors(b).values()))
+
+
+def test_split_features_cuts_before_the_first_slow_layer():
+    from avalanche_fscl.models import FSCILNet, create_backbone
+    from avalanche_fscl.plugins._features import split_features
+
+    torch.manual_seed(0)
+    for name, slow in [("conv4_small", ["backbone.features.8.weight", "backbone.features.12.weight"]),
+                       ("resnet12_small", ["backbone.blocks.3.body.3.weight"])]:  # mid-block: two tensors cross
+        model = FSCILNet(create_backbone(name, in_channels=3), 5, head="cosine").eval()
+        lower, upper, names = split_features(model, slow)
+        x = torch.randn(2, 3, 32, 32)
+        h = lower(x)
+        assert isinstance(h, tuple) and len(h) == (1 if name.startswith("conv4") else 2)
+        assert torch.allclose(upper(*h), model.features(x), atol=1e-5)
+        own = dict(model.named_parameters())
+        assert all(dict(upper.named_parameters())[names[n]] is own[n] for n in slow), "shared, not copied"
+        assert not set(map(id, lower.parameters())) & {id(own[n]) for n in slow}
+    with pytest.raises(ValueError, match=r"meta_cache: the selected parameters are used by its first layer"):
+        split_features(model, ["backbone.blocks.0.body.0.weight"], argument="meta_cache")
+
+
+def test_meta_cache_needs_frozen_statistics_and_an_upper_slow_part(scenario):
+    with pytest.raises(ValueError, match=r"meta_cache=True needs meta_norm_stats='frozen' .*got 'episode'"):
+        FastSlowConsolidationPlugin(meta_cache=True)
+    plugin = FastSlowConsolidationPlugin(meta_cache=True, meta_norm_stats="frozen", **META)  # slow: the whole backbone
+    model = make_model(0, head="cosine")
+    strategy = make_strategy(model, [plugin])
+    before = {k: v.clone() for k, v in model_tensors(model).items()}
+    with pytest.raises(ValueError, match=r"meta_cache: the selected parameters are used by its first layer"):
+        train_session(strategy, scenario, 0)
+    assert all(torch.equal(before[k], v) for k, v in model_tensors(model).items()), "raised before any training step"
+
+
 def test_support_prototypes_are_unit_class_mean_directions():
     from avalanche_fscl.plugins._features import support_prototypes
 
@@ -235,8 +285,10 @@ def test_bad_filter_and_model(scenario):
 
 
 @pytest.mark.cuda
-def test_on_cuda(scenario):
-    plugin = FastSlowConsolidationPlugin(fast_strength=100, slow_step=0.2, **META)
+@pytest.mark.parametrize("cache", [False, True])
+def test_on_cuda(scenario, cache):
+    extra = dict(slow=["backbone.net.4"], meta_norm_stats="frozen", meta_cache=True) if cache else {}
+    plugin = FastSlowConsolidationPlugin(fast_strength=100, slow_step=0.2, **META, **extra)
     model = make_model(0, head="cosine")
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=16,
                      train_epochs=4, eval_mb_size=64, device="cuda", plugins=[plugin],
