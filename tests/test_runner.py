@@ -165,7 +165,10 @@ def _cli_env(tmp: Path) -> dict:
 
 
 def _start_and_wait_for(cmd: list[str], env: dict, target: Path, timeout: float = 240) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell without job control starts background jobs with SIGINT ignored, and Python keeps an
+    # inherited SIG_IGN: give the child the default disposition, as a terminal's foreground job has
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + timeout
     while not target.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
