@@ -51,8 +51,8 @@ class FSCL(StrategySpec):
                  meta_ways: int = 20, meta_shots: int = 5, meta_queries: int = 5,
                  meta_inner_steps: int = 1, meta_inner_lr: float = 0.05, meta_lr: float = 0.01,
                  first_order: bool = True, meta_scale: float = 10.0, meta_norm_stats: str = "episode",
-                 meta_cache: bool = False, slow: str | None = "backbone", epochs: int | None = None, base_epochs: int | None = None,
-                 seed: int = 0):
+                 meta_cache: bool = False, slow: str | list[str] | None = "backbone",
+                 epochs: int | None = None, base_epochs: int | None = None, seed: int = 0):
         super().__init__()
         for name, v in (("epochs", epochs), ("base_epochs", base_epochs)):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
