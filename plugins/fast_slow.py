@@ -166,6 +166,8 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
                 raise ValueError(f"{name} must be > 0, got {v!r}")
         if meta_norm_stats not in _NORM_STATS:
             raise ValueError(f"meta_norm_stats={meta_norm_stats!r}: allowed {', '.join(_NORM_STATS)}")
+        if not isinstance(meta_cache, bool):
+            raise ValueError(f"meta_cache must be True or False, got {meta_cache!r}")
         if meta_cache and meta_norm_stats != "frozen":
             raise ValueError(f"meta_cache=True needs meta_norm_stats='frozen' (fixed lower layers), got {meta_norm_stats!r}")
         if slow is None and (meta or slow_step > 0):
@@ -179,7 +181,7 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         self.meta_episodes, self.meta_ways, self.meta_shots, self.meta_queries = meta_episodes, meta_ways, meta_shots, meta_queries
         self.meta_inner_steps, self.meta_inner_lr, self.meta_lr = int(meta_inner_steps), float(meta_inner_lr), float(meta_lr)
         self.first_order, self.meta_scale, self.meta_norm_stats = first_order, float(meta_scale), meta_norm_stats
-        self.meta_cache = bool(meta_cache)
+        self.meta_cache = meta_cache
         self.batch_size, self.seed = batch_size, int(seed)
 
         self.slow_names: list[str] | None = None  # parameters with slow weights

@@ -266,6 +266,7 @@ def test_resume_is_exact(scenario):
         ({"meta_episodes": 0}, r"meta_episodes must be an integer >= 1, got 0"),
         ({"meta_lr": 0}, r"meta_lr must be > 0"),
         ({"meta_norm_stats": "batch"}, r"meta_norm_stats='batch': allowed episode, frozen"),
+        ({"meta_cache": "yes"}, r"meta_cache must be True or False, got 'yes'"),
         ({"slow": None}, r"slow=None \(no slow weights\) needs meta=False and slow_step=0"),
     ],
 )
