@@ -56,8 +56,11 @@ def _toy_corpus(n_concepts: int = 6, per: int = 24, size: int = 32) -> CaptionCo
 
 
 def test_project_configs_registered_and_listed():
-    assert {"fscl-vit-p8-64", "fscl-rn-64", TEST_MODEL} <= set(project_clip_models())
+    assert {"fscl-vit-p8-64", "fscl-rn-64", "fscl-rn-64-w32", TEST_MODEL} <= set(project_clip_models())
     assert {"ViT-B-32", "ViT-B-16", "fscl-vit-p8-64"} <= set(list_clip_models())
+    wide, _, _ = load_clip("fscl-rn-64-w32")  # recipe rn_64_w32: fscl-rn-64 with a 1.6x wider image tower
+    assert type(wide.visual).__name__ == "ModifiedResNet"
+    assert sum(p.numel() for p in wide.visual.parameters()) == 6_915_632
 
 
 def test_load_clip_shapes_tokenizer_and_transform(clip):
