@@ -11,14 +11,18 @@
 
 Every input error is one line naming the problem (exit status 2); config, stream and backbone
 errors are found before Avalanche is imported. Ctrl-C says where the run stopped and how to
-continue it (exit status 130).
+continue it (exit status 130); SIGTERM (``kill PID``, a job scheduler) stops the same way, with
+exit status 143: a background job, which a shell without job control starts with Ctrl-C's
+SIGINT ignored, can still be stopped at a checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -190,7 +194,35 @@ def _cmd_list() -> None:
             print(f"  {name:<{width}}  {doc}")
 
 
+class _StopOnSIGTERM:
+    """While a command runs, SIGTERM raises ``KeyboardInterrupt`` (as Ctrl-C does), so every
+    command's own Ctrl-C path (checkpoint, "continue with ...") also serves ``kill PID``; the exit
+    status then says SIGTERM (143) instead of SIGINT (130). The previous handler is restored after."""
+
+    def __enter__(self) -> "_StopOnSIGTERM":
+        self.received, self.previous = False, None
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def status(self, code: int) -> int:
+        return 128 + int(signal.SIGTERM) if code == 130 and self.received else code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with _StopOnSIGTERM() as stop:
+        return stop.status(_main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Import-time noise of a third-party dependency (avalanche -> qpsolvers), not ours.

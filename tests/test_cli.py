@@ -144,3 +144,23 @@ def test_every_shipped_config_is_valid():
             cfg.device = "cpu"  # the GPU configs are checked here as CPU ones
         check_config(cfg)
         assert cfg.stream.name == {"omniglot_tasks": "omniglot_fscil", "tiny_imagenet_fscil_clip": "tiny_imagenet_fscil"}.get(name, name)
+
+
+def test_sigterm_stops_a_command_like_ctrl_c_and_restores_the_handler():
+    """kill PID (SIGTERM) raises KeyboardInterrupt inside a command, so its Ctrl-C path (checkpoint,
+    how to resume) runs; the exit status then says SIGTERM (143); outside a command the previous
+    handler is back. (End to end, with a checkpointed run: test_runner's slow Ctrl-C test.)"""
+    import os
+    import signal
+
+    from avalanche_fscl.benchmarks.cli import _StopOnSIGTERM
+
+    before = signal.getsignal(signal.SIGTERM)
+    with _StopOnSIGTERM() as stop:
+        assert stop.status(130) == 130  # a plain Ctrl-C keeps 130
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs between bytecodes of the main thread
+                pass
+        assert (stop.status(130), stop.status(0), stop.status(2)) == (143, 0, 2)
+    assert signal.getsignal(signal.SIGTERM) is before

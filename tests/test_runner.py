@@ -238,7 +238,9 @@ def test_killed_run_resumes_to_identical_results_and_complete_wandb_runs(tmp_pat
 
 
 @pytest.mark.slow
-def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path):
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl_c", "sigterm"])
+def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, sig, status):
+    """Ctrl-C, and SIGTERM (kill, a scheduler; a background job ignores SIGINT), stop at a checkpoint."""
     data = quick_config(tmp_path, strategies=["finetune", "replay"])
     data["strategy_args"] = {"replay": {"epochs": 300}}  # a window of seconds to interrupt it in
     cfg_file = tmp_path / "cfg.yaml"
@@ -246,9 +248,9 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path):
     out = Path(data["output"])
     cmd = [sys.executable, "-m", "avalanche_fscl.benchmarks.cli", "run", "--config", str(cfg_file), "--no-progress"]
     proc = _start_and_wait_for(cmd, _cli_env(tmp_path), out / "checkpoints" / "replay" / "seed0.pt")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == status, err
     assert "Traceback" not in err
     assert "interrupted: replay/seed0 stopped after session" in err
     assert f"continue with: avalanche-fscl run --resume {out}" in err
