@@ -419,7 +419,7 @@ def pretrain_clip(
     if state["step"] >= total:
         summary["zero_shot"] = evals(model, tokenizer, None, bf16)
         final = out / "final.pt"
-        save_clip_checkpoint(final, model, recipe.model, half=True, zero_shot=summary["zero_shot"], steps=state["step"])
+        save_clip_checkpoint(final, model, recipe.model, storage="fp16", zero_shot=summary["zero_shot"], steps=state["step"])
         summary["final_sha256"] = hashlib.sha256(final.read_bytes()).hexdigest()
         write_text(out / "final.sha256", f"{summary['final_sha256']}  final.pt\n")
     write_json(out / "summary.json", summary)

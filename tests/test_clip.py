@@ -98,11 +98,48 @@ def test_load_clip_bad_arguments(tmp_path, clip):
 def test_checkpoint_round_trip_in_half(tmp_path, clip):
     model, tok = clip
     path = tmp_path / "half.pt"
-    save_clip_checkpoint(path, model, TEST_MODEL, half=True)
+    save_clip_checkpoint(path, model, TEST_MODEL, storage="fp16")
     again, _, _ = load_clip(TEST_MODEL, pretrained=path)
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert a.dtype == b.dtype, k
         assert torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-3), k
+
+
+def test_checkpoint_in_int8_is_smaller_and_within_half_a_step_per_row(tmp_path, clip):
+    """``storage="int8"``: each quantized weight is off by at most half its row's step
+    (max |w| / 254), the file is well under the fp16 one, the embeddings barely move, a plain
+    ``load_state_dict`` refuses the file (missing keys) and a bad value names the argument."""
+    model, tok = clip
+    save_clip_checkpoint(tmp_path / "half.pt", model, TEST_MODEL, storage="fp16")
+    save_clip_checkpoint(tmp_path / "int8.pt", model, TEST_MODEL, storage="int8", steps=7)
+    assert (tmp_path / "int8.pt").stat().st_size < 0.62 * (tmp_path / "half.pt").stat().st_size
+    ckpt = torch.load(tmp_path / "int8.pt", weights_only=True)
+    assert ckpt["steps"] == 7 and "token_embedding.weight" in ckpt["int8_weights"]
+    assert ckpt["int8_weights"]["token_embedding.weight"].dtype == torch.int8
+    again, _, _ = load_clip(TEST_MODEL, pretrained=tmp_path / "int8.pt")
+    quantized = set(ckpt["int8_weights"])
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert a.dtype == b.dtype, k
+        if k in quantized:
+            step = a.reshape(a.shape[0], -1).abs().amax(dim=1) / 127
+            err = (a - b).reshape(a.shape[0], -1).abs().amax(dim=1)
+            assert torch.all(err <= step / 2 + 1e-7), k
+        else:
+            assert torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-3), k
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    text = tok(["a photo of a cat", "a dog"])
+    with torch.no_grad():
+        for f in ("encode_image", "encode_text"):
+            inp = x if f == "encode_image" else text
+            cos = torch.nn.functional.cosine_similarity(getattr(model, f)(inp), getattr(again, f)(inp))
+            assert cos.min() > 0.99, f
+    fresh, _, _ = load_clip(TEST_MODEL)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        fresh.load_state_dict(ckpt["state_dict"])
+    with pytest.raises(ValueError, match=r"storage='int4'; allowed: fp32, fp16, int8"):
+        save_clip_checkpoint(tmp_path / "bad.pt", model, TEST_MODEL, storage="int4")
+    assert not (tmp_path / "bad.pt").exists()
 
 
 def test_real_open_clip_architecture_builds_prompts():
@@ -599,7 +636,7 @@ def test_pretrain_clip_warm_restart_starts_from_the_init_weights(tmp_path, data_
         pretrain_clip(load_recipe("test_tiny", init=str(tmp_path / "rn.pt")), tmp_path / "bad", data_root, max_steps=0, progress=False)
 
 
-@pytest.mark.parametrize("name", ["fscl-vit-p8-64", "fscl-rn-64"])
+@pytest.mark.parametrize("name", ["fscl-vit-p8-64", "fscl-rn-64", "fscl-rn-64-w32"])
 def test_kept_checkpoints_are_the_recorded_ones(name, data_root):
     """Each kept CLIP matches the sha256 its pretraining summary recorded, and reproduces its
     recorded CIFAR-10 zero-shot accuracy on a 1,000-image test subset (binomial std ~1.5 points)."""
