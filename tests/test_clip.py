@@ -636,6 +636,29 @@ def test_pretrain_clip_warm_restart_starts_from_the_init_weights(tmp_path, data_
         pretrain_clip(load_recipe("test_tiny", init=str(tmp_path / "rn.pt")), tmp_path / "bad", data_root, max_steps=0, progress=False)
 
 
+def test_pretrain_clip_channels_last_is_a_layout_not_a_change(tmp_path, data_root):
+    """``channels_last`` (a runtime field) trains the convolutional tower in that layout and
+    takes the same steps up to float rounding; a run may resume with the other layout."""
+    require_dataset(data_root, "cifar10_jpeg")
+    from avalanche_fscl.benchmarks.pretrain_clip import load_recipe, pretrain_clip
+
+    runs = {}
+    for cl in (True, False):
+        recipe = load_recipe("test_tiny", model="fscl-rn-64", channels_last=cl, batch_size=16)
+        pretrain_clip(recipe, tmp_path / str(cl), data_root, max_steps=3, progress=False)
+        runs[cl] = torch.load(tmp_path / str(cl) / "last.pt", weights_only=True)
+    w = {cl: r["model"]["visual.layer1.0.conv2.weight"] for cl, r in runs.items()}
+    assert w[True].is_contiguous(memory_format=torch.channels_last) and not w[True].is_contiguous()
+    assert w[False].is_contiguous()
+    assert not torch.equal(w[True], load_clip("fscl-rn-64")[0].state_dict()["visual.layer1.0.conv2.weight"])
+    assert np.allclose(runs[True]["state"]["losses"], runs[False]["state"]["losses"], atol=1e-4)
+    for k, v in runs[True]["model"].items():
+        assert torch.allclose(v.float(), runs[False]["model"][k].float(), atol=1e-4), k
+    resumed = pretrain_clip(load_recipe("test_tiny", model="fscl-rn-64", channels_last=False, batch_size=16),
+                            tmp_path / "True", data_root, max_steps=4, progress=False)
+    assert resumed["steps"] == 4
+
+
 @pytest.mark.parametrize("name", ["fscl-vit-p8-64", "fscl-rn-64", "fscl-rn-64-w32"])
 def test_kept_checkpoints_are_the_recorded_ones(name, data_root):
     """Each kept CLIP matches the sha256 its pretraining summary recorded, and reproduces its
@@ -703,6 +726,8 @@ def test_pretrain_recipe_errors():
         load_recipe("test_tiny", mixup="strong")
     with pytest.raises(ValueError, match=r"init='nowhere/x.pt': no such checkpoint file; allowed: 'fscl'"):
         load_recipe("test_tiny", init="nowhere/x.pt")
+    with pytest.raises(ValueError, match=r"channels_last='yes'; allowed: true, false"):
+        load_recipe("test_tiny", channels_last="yes")
 
 
 def test_cli_pretrain_clip_bad_config_is_one_line(capsys):
