@@ -49,10 +49,10 @@ class CLIPRecipe:
     loss: ``"unicl"`` (pairs of one concept are positives) or ``"clip"`` (InfoNCE on the diagonal).
     precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"`` (time both on the first batch, keep the faster).
     threads: torch CPU threads (0 = leave torch's default).
-    channels_last: keep the image tower's weights in ``torch.channels_last`` layout, so its
-        convolutions run in that layout (a speed setting, like ``threads``: same training up to
-        float rounding). On the Intel Xeon (AMX), one thread, a ``fscl-rn-64-w32`` step of batch 128
-        took 0.69 s instead of 0.85 s in bf16 (1.09 s instead of 1.26 s in fp32); a ViT has one conv.
+    channels_last: ``load_clip``'s argument (``None``: on for a convolutional image tower). A speed
+        setting, like ``threads``: same training up to float rounding. On the Intel Xeon (AMX), one
+        thread, a ``fscl-rn-64-w32`` step of batch 128 took 0.69 s instead of 0.85 s in bf16 (1.09 s
+        instead of 1.26 s in fp32).
     crop_scale: random-resized-crop area range; flip: random horizontal flips.
     mixup: Beta(a, a) concentration of batch mixup (0 = off): every image becomes
         ``lam * x_i + (1 - lam) * x_perm(i)`` (one ``lam`` per batch) and both directions of the
@@ -78,7 +78,7 @@ class CLIPRecipe:
     loss: str = "unicl"
     precision: str = "auto"
     threads: int = 2
-    channels_last: bool = True
+    channels_last: bool | None = None
     crop_scale: tuple[float, float] = (0.5, 1.0)
     flip: bool = True
     mixup: float = 0.0
@@ -99,8 +99,8 @@ class CLIPRecipe:
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"pretrain-clip recipe: {name}={getattr(self, name)!r} must be >= 1")
-        if not isinstance(self.channels_last, bool):
-            raise ValueError(f"pretrain-clip recipe: channels_last={self.channels_last!r}; allowed: true, false")
+        if self.channels_last is not None and not isinstance(self.channels_last, bool):
+            raise ValueError(f"pretrain-clip recipe: channels_last={self.channels_last!r}; allowed: true, false, null (auto)")
         if isinstance(self.mixup, bool) or not isinstance(self.mixup, (int, float)) or not self.mixup >= 0:
             raise ValueError(f"pretrain-clip recipe: mixup={self.mixup!r} must be a number >= 0 (0 = off)")
         self.mixup = float(self.mixup)
@@ -285,9 +285,7 @@ def pretrain_clip(
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
-    model, _, tokenizer = load_clip(recipe.model, pretrained=recipe.init, device=device)
-    if recipe.channels_last:
-        model.visual.to(memory_format=torch.channels_last)
+    model, _, tokenizer = load_clip(recipe.model, pretrained=recipe.init, device=device, channels_last=recipe.channels_last)
     model.train()
     size = clip_image_size(model)
     corpus = caption_corpus(data_root, recipe.sources, image_size=max(size, 32))

@@ -158,6 +158,7 @@ def load_clip(
     *,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
+    channels_last: bool | None = None,
     **model_kwargs: Any,
 ) -> tuple[nn.Module, Callable, Callable[[str | Sequence[str]], Tensor]]:
     """Build an open_clip model -> ``(model, preprocess, tokenizer)``, in eval mode on ``device``.
@@ -172,6 +173,13 @@ def load_clip(
         device: where the model lives.
         precision: open_clip's precision (one of :data:`PRECISIONS`); ``"fp32"`` keeps fp32
             weights (use autocast for mixed precision).
+        channels_last: keep the image tower's weights in ``torch.channels_last`` layout, so its
+            convolutions run in that layout (same outputs up to float rounding). ``None``
+            (default): on for convolutional towers (more than one ``Conv2d``, e.g. the
+            ModifiedResNet of ``RN50`` or ``fscl-rn-64``), where it is faster (``fscl-rn-64-w32``,
+            one Intel Xeon thread, batch 256 at 64 px: 0.70 s instead of 0.95 s per forward;
+            a training step 0.69 s instead of 0.85 s in bf16); off for a ViT (one convolution,
+            its patch embedding: no measurable difference).
         **model_kwargs: passed to ``open_clip.create_model`` (e.g. ``force_patch_dropout=0``).
 
     Returns: the model; open_clip's eval transform for PIL images; a tokenizer that maps text
@@ -225,6 +233,10 @@ def load_clip(
         )
     if local is not None:
         _load_local(model, model_name, local)
+    if channels_last is None:
+        channels_last = sum(isinstance(m, nn.Conv2d) for m in model.visual.modules()) > 1
+    if channels_last:
+        model.visual.to(memory_format=torch.channels_last)
     model = model.to(device).eval()
     preprocess = open_clip.image_transform(
         clip_image_size(model), is_train=False,

@@ -75,6 +75,26 @@ def test_load_clip_shapes_tokenizer_and_transform(clip):
     assert w.shape == (3, 32) and torch.allclose(w.norm(dim=1), torch.ones(3), atol=1e-5)
 
 
+def test_load_clip_channels_last_for_convolutional_towers_only(clip):
+    """Default: a convolutional image tower runs in channels-last layout (faster on CPU), a ViT
+    keeps the default layout; either way the embeddings are the same up to rounding."""
+    vit, _ = clip
+    assert vit.visual.conv1.weight.is_contiguous()
+    torch.manual_seed(0)
+    rn, _, _ = load_clip("fscl-rn-64")
+    torch.manual_seed(0)
+    plain, _, _ = load_clip("fscl-rn-64", channels_last=False)
+    w = "visual.layer1.0.conv2.weight"
+    assert rn.state_dict()[w].is_contiguous(memory_format=torch.channels_last) and not rn.state_dict()[w].is_contiguous()
+    assert plain.state_dict()[w].is_contiguous()
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        a, b = rn.encode_image(x), plain.encode_image(x)
+    assert a.shape == (4, 256) and torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    forced, _, _ = load_clip(TEST_MODEL, channels_last=True)
+    assert forced.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_load_clip_bad_arguments(tmp_path, clip):
     with pytest.raises(ValueError, match=r"unknown model_name='ViT-Nope'.*allowed:.*ViT-B-32"):
         load_clip("ViT-Nope")
@@ -726,7 +746,7 @@ def test_pretrain_recipe_errors():
         load_recipe("test_tiny", mixup="strong")
     with pytest.raises(ValueError, match=r"init='nowhere/x.pt': no such checkpoint file; allowed: 'fscl'"):
         load_recipe("test_tiny", init="nowhere/x.pt")
-    with pytest.raises(ValueError, match=r"channels_last='yes'; allowed: true, false"):
+    with pytest.raises(ValueError, match=r"channels_last='yes'; allowed: true, false, null \(auto\)"):
         load_recipe("test_tiny", channels_last="yes")
 
 
