@@ -49,6 +49,12 @@ rest in. What comes from where:
   ``phi <- phi + slow_step * (theta - phi) / (1 + slow_strength * W_phi)`` (a Reptile-style
   step toward the consolidated fast weights, damped element-wise where the slow weights
   are important, so a 5-shot session cannot drag them).
+* [ours] ``session_meta_episodes``: the slow weights also meta-learn from every incremental
+  session (the paper: slow weights "learn to generalise from few shots" as tasks arrive). After
+  step 2, ``phi`` takes that many episodes of the same first-order episodic learning on the
+  session's own shots (all its classes; half of each class's samples as support, the rest as
+  queries), at ``session_meta_lr``; only ``phi`` changes, the fast weights do not. Off (0) by
+  default.
 * [ours] Few-shot generalisation is read from ``phi``: :meth:`slow_weights` swaps them
   into the model; the ``heldout_fewshot`` evaluation column uses it.
 
@@ -67,6 +73,7 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 
+from ..streams.data import dataset_targets
 from ..streams.episodes import few_shot_episodes
 from ._features import _Features, class_mean_features, lower_features, split_features, support_prototypes
 from ._importance import IMPORTANCE_ESTIMATORS, PathIntegral, dataset_importance
@@ -108,6 +115,9 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
             episode's batch statistics, running statistics updated) or ``"frozen"`` (eval
             mode: the statistics of the supervised base training, kept; the shipped Omniglot and
             Tiny ImageNet configs use it, chosen on their validation protocols).
+        session_meta_episodes: episodes of slow-weight meta-learning on each incremental
+            session's shots (>= 0; 0 = off; ours, see the module doc).
+        session_meta_lr: their SGD learning rate (> 0; momentum 0.9, cosine over the episodes).
         meta_cache: run the episodes through the slow part of the network only (ours, for
             speed). ``model.features`` is cut (``torch.fx``) before the first layer with slow
             parameters; that frozen lower part is a fixed function (needs
@@ -145,6 +155,8 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         meta_scale: float = 10.0,
         meta_norm_stats: str = "episode",
         meta_cache: bool = False,
+        session_meta_episodes: int = 0,
+        session_meta_lr: float = 0.003,
         batch_size: int = 256,
         seed: int = 0,
     ):
@@ -161,7 +173,11 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
                         ("meta_queries", meta_queries), ("batch_size", batch_size)]:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        for name, v in [("meta_lr", meta_lr), ("meta_scale", meta_scale)]:
+        if not isinstance(session_meta_episodes, int) or isinstance(session_meta_episodes, bool) or session_meta_episodes < 0:
+            raise ValueError(f"session_meta_episodes must be an integer >= 0, got {session_meta_episodes!r}")
+        if session_meta_episodes and slow is None:
+            raise ValueError("session_meta_episodes > 0 needs slow weights (slow is None)")
+        for name, v in [("meta_lr", meta_lr), ("meta_scale", meta_scale), ("session_meta_lr", session_meta_lr)]:
             if not (isinstance(v, (int, float)) and v > 0):
                 raise ValueError(f"{name} must be > 0, got {v!r}")
         if meta_norm_stats not in _NORM_STATS:
@@ -182,6 +198,7 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         self.meta_inner_steps, self.meta_inner_lr, self.meta_lr = int(meta_inner_steps), float(meta_inner_lr), float(meta_lr)
         self.first_order, self.meta_scale, self.meta_norm_stats = first_order, float(meta_scale), meta_norm_stats
         self.meta_cache = meta_cache
+        self.session_meta_episodes, self.session_meta_lr = session_meta_episodes, float(session_meta_lr)
         self.batch_size, self.seed = batch_size, int(seed)
 
         self.slow_names: list[str] | None = None  # parameters with slow weights
@@ -319,6 +336,8 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
                 self.slow = {k: state[k].detach().clone() for k in keys}
             elif self.slow_step > 0:
                 self._consolidate_slow(state)
+            if s > 0 and self.session_meta_episodes:
+                self._session_meta_learn(model, exp, classes, s, strategy.device)
         self._old_rows = None
         self.sessions = s + 1
 
@@ -369,12 +388,33 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
 
     # ------------------------------------------------------------ meta-learning
     def _meta_learn(self, model: nn.Module, exp, device) -> None:
-        """First-order episodic meta-learning of the slow parameters on the base classes."""
+        """Meta-learning of the slow parameters on the base classes (the base session's)."""
         classes = sorted(int(c) for c in exp.classes_in_this_experience)
-        ways, shots = min(self.meta_ways, len(classes)), self.meta_shots
         data = exp.dataset.eval() if self.meta_cache else exp.dataset.train()
-        episodes = few_shot_episodes(data, ways, shots, self.meta_queries, self.meta_episodes,
-                                     seed=self.seed, classes=classes)
+        self._episodic(model, data, classes, min(self.meta_ways, len(classes)), self.meta_shots, self.meta_queries,
+                       self.meta_episodes, self.meta_lr, self.seed, device)
+
+    def _session_meta_learn(self, model: nn.Module, exp, classes: list[int], session: int, device) -> None:
+        """Slow weights meta-learn on an incremental session's shots; the fast weights are kept."""
+        data = exp.dataset.eval() if self.meta_cache else exp.dataset.train()
+        labels = dataset_targets(data)
+        n = min(int((labels == c).sum()) for c in classes)
+        if n < 2 or len(classes) < 2:
+            return  # no support/query split (1 shot) or no contrast (1 class)
+        shots = n // 2
+        with self.slow_weights(model):
+            self._episodic(model, data, classes, len(classes), shots, n - shots, self.session_meta_episodes,
+                           self.session_meta_lr, self.seed + 7919 * session, device)
+            state = model.state_dict()
+            with torch.no_grad():
+                for k, phi in self.slow.items():
+                    phi.copy_(state[k].to(phi.device))
+
+    def _episodic(self, model: nn.Module, data, classes: list[int], ways: int, shots: int, queries: int,
+                  n_episodes: int, lr: float, seed: int, device) -> None:
+        """First-order episodic meta-learning of the model's slow parameters, in place (SGD with
+        momentum 0.9 and a cosine-decayed ``lr``; ``ways``-way ``shots``-shot episodes of ``classes``)."""
+        episodes = few_shot_episodes(data, ways, shots, queries, n_episodes, seed=seed, classes=classes)
         names = list(self.slow_names or [])
         params = dict(model.named_parameters())
         slow = [params[n] for n in names]
@@ -388,7 +428,7 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         else:
             net, keys, cached = _Features(model), [f"m.{n}" for n in names], None
         support_y = torch.arange(ways, device=device).repeat_interleave(shots)
-        query_y = torch.arange(ways, device=device).repeat_interleave(self.meta_queries)
+        query_y = torch.arange(ways, device=device).repeat_interleave(queries)
 
         def episode(i: int) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
             if cached is None:
@@ -397,14 +437,14 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
             idx = torch.from_numpy(episodes.indices(i)[1]).to(device)
             return tuple(c[idx[:, :shots].reshape(-1)] for c in cached), tuple(c[idx[:, shots:].reshape(-1)] for c in cached)
 
-        opt = torch.optim.SGD(slow, lr=self.meta_lr, momentum=0.9)
+        opt = torch.optim.SGD(slow, lr=lr, momentum=0.9)
         n_ep = len(episodes)
         was_training = model.training
         model.train(self.meta_norm_stats == "episode")
         try:
             for i in range(n_ep):
                 for g in opt.param_groups:
-                    g["lr"] = 0.5 * self.meta_lr * (1 + math.cos(math.pi * i / n_ep))
+                    g["lr"] = 0.5 * lr * (1 + math.cos(math.pi * i / n_ep))
                 sx, qx = episode(i)
                 fast = dict(zip(keys, slow))
                 for _ in range(self.meta_inner_steps):

@@ -51,7 +51,8 @@ class FSCL(StrategySpec):
                  meta_ways: int = 20, meta_shots: int = 5, meta_queries: int = 5,
                  meta_inner_steps: int = 1, meta_inner_lr: float = 0.05, meta_lr: float = 0.01,
                  first_order: bool = True, meta_scale: float = 10.0, meta_norm_stats: str = "episode",
-                 meta_cache: bool = False, slow: str | list[str] | None = "backbone",
+                 meta_cache: bool = False, session_meta_episodes: int = 0, session_meta_lr: float = 0.003,
+                 slow: str | list[str] | None = "backbone",
                  epochs: int | None = None, base_epochs: int | None = None, seed: int = 0):
         super().__init__()
         for name, v in (("epochs", epochs), ("base_epochs", base_epochs)):
@@ -63,7 +64,8 @@ class FSCL(StrategySpec):
             importance=importance, meta=meta, meta_episodes=meta_episodes, meta_ways=meta_ways,
             meta_shots=meta_shots, meta_queries=meta_queries, meta_inner_steps=meta_inner_steps,
             meta_inner_lr=meta_inner_lr, meta_lr=meta_lr, first_order=first_order, meta_scale=meta_scale,
-            meta_norm_stats=meta_norm_stats, meta_cache=meta_cache, seed=seed,
+            meta_norm_stats=meta_norm_stats, meta_cache=meta_cache, session_meta_episodes=session_meta_episodes,
+            session_meta_lr=session_meta_lr, seed=seed,
         )
         FastSlowConsolidationPlugin(**self.plugin_args)  # bad values fail here, before any output
 

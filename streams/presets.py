@@ -316,7 +316,10 @@ def tiny_imagenet_fscil(
     hyper-parameters without touching a test image: the ``base_classes`` base classes' training
     images only, images 0-99 of each class to train and 100-149 to test. Their last
     ``n = min(sessions, base_classes // (2 * ways)) * ways`` classes become ``n / ways``
-    novel sessions (default: 50 base + 5 sessions of 10-way); no held-out pool.
+    novel sessions (default: 50 base + 5 sessions of 10-way). Its held-out pool: the first
+    ``heldout_per_class // 10`` training images of each class the protocol leaves unused (labels
+    ``base_classes``-199, relabelled from 0; 100 classes x 20 = 2,000 images by default, as many
+    as the test protocol's CIFAR-10 pool), so that the held-out column can be validated too.
     """
     root = dataset_folder(data_root, "tiny_imagenet")
     require_files(
@@ -346,8 +349,13 @@ def tiny_imagenet_fscil(
             raise ValueError(f"validation=True needs base_classes >= 2 x ways; got base_classes={base_classes}, ways={ways}")
         keep = ytr < base_classes
         position = np.zeros(len(ytr), dtype=np.int64)  # index of each image within its class
-        for c in range(base_classes):
+        for c in np.unique(ytr):
             position[ytr == c] = np.arange(int((ytr == c).sum()))
+        pool = (ytr >= base_classes) & (position < heldout_per_class // 10)
+        if pool.any():
+            hx, hy = xtr[pool], ytr[pool] - base_classes
+            heldout = lambda: TensorImageDataset(  # noqa: E731
+                torch.stack([norm(im) for im in resize_images(hx, image_size)]), hy)
         xte, yte = xtr[keep & (position >= 100)], ytr[keep & (position >= 100)]
         xtr, ytr = xtr[keep & (position < 100)], ytr[keep & (position < 100)]
         base_classes -= sessions * ways

@@ -112,6 +112,42 @@ def test_meta_learning_changes_the_backbone_and_resets_base_rows_to_prototypes(s
     assert base_accuracy(model, scenario) > 0.8
 
 
+def _prototype_loss(model, plugin, dataset) -> float:
+    """Leave-nothing-out cosine-prototype cross-entropy of ``dataset`` under the slow weights."""
+    from avalanche_fscl.plugins import class_mean_features
+
+    data = dataset.eval()
+    y = torch.tensor([int(data[i][1]) for i in range(len(data))])
+    x = torch.stack([data[i][0] for i in range(len(data))])
+    classes = sorted(set(y.tolist()))
+    with plugin.slow_weights(model), torch.no_grad():
+        model.eval()
+        protos = F.normalize(class_mean_features(model, data, classes, 64, "cpu"), dim=1)
+        f = F.normalize(model.features(x), dim=1)
+    target = torch.tensor([classes.index(int(c)) for c in y])
+    return F.cross_entropy(plugin.meta_scale * f @ protos.T, target).item()
+
+
+def test_session_meta_learning_moves_only_the_slow_weights(scenario):
+    """``session_meta_episodes``: after every incremental session the slow weights learn from its
+    shots (their prototype loss on them falls); the fast weights are exactly those without it."""
+    ref_plugin = FastSlowConsolidationPlugin(fast_strength=100, slow_step=0, meta=False)
+    ref, _ = run(scenario, [ref_plugin], sessions=2)
+    plugin = FastSlowConsolidationPlugin(fast_strength=100, slow_step=0, meta=False, session_meta_episodes=20,
+                                         session_meta_lr=0.05)
+    model, _ = run(scenario, [plugin], sessions=2)
+    a, b = model_tensors(model), model_tensors(ref)
+    assert all(torch.equal(a[k], b[k]) for k in a), "the fast weights are untouched"
+    floats = [k for k, v in plugin.slow.items() if v.is_floating_point()]
+    assert any(not torch.equal(plugin.slow[k], ref_plugin.slow[k]) for k in floats)
+    session = scenario.train_stream[1].dataset
+    assert _prototype_loss(model, plugin, session) < 0.5 * _prototype_loss(ref, ref_plugin, session)
+    with pytest.raises(ValueError, match=r"session_meta_episodes must be an integer >= 0, got -1"):
+        FastSlowConsolidationPlugin(session_meta_episodes=-1)
+    with pytest.raises(ValueError, match=r"session_meta_episodes > 0 needs slow weights"):
+        FastSlowConsolidationPlugin(slow=None, meta=False, slow_step=0, session_meta_episodes=5)
+
+
 @pytest.mark.parametrize("norm_stats, kept", [("frozen", True), ("episode", False)])
 def test_meta_norm_stats_keep_or_update_the_base_training_statistics(scenario, norm_stats, kept):
     ref, _ = run(scenario, [FastSlowConsolidationPlugin(fast_strength=100, meta=False)], sessions=1)

@@ -162,9 +162,20 @@ def test_tiny_imagenet_heldout_is_cifar10_test_and_validation_uses_train_images(
     assert tiny_imagenet_fscil(data_root, image_size=32, heldout_per_class=0).heldout is None
 
     val = tiny_imagenet_fscil(data_root, image_size=32, validation=True)
-    assert len(val.base_classes) == 50 and val.n_sessions == 6 and val.heldout is None
+    assert len(val.base_classes) == 50 and val.n_sessions == 6
     assert len(val.train_stream[0].dataset) == 50 * 100 and len(val.test_stream[0].dataset) == 50 * 50
     assert val.class_order == list(range(100)), "only the real protocol's base classes"
+    # the validation held-out pool: 20 training images of each class the protocol leaves unused (100-199)
+    vpool = val.heldout
+    assert vpool.data.shape == (2000, 3, 32, 32) and np.bincount(vpool.targets).tolist() == [20] * 100
+    from avalanche_fscl.streams.presets import _tiny_imagenet_split
+
+    xtr, ytr = _tiny_imagenet_split(data_root / "tiny_imagenet", "train_150pc")
+    raw = torch.as_tensor(xtr[ytr == 100][:1])  # held-out label 0 = Tiny ImageNet class 100, its first image
+    small = torch.nn.functional.interpolate(raw.float(), size=(32, 32), mode="bilinear", antialias=True)
+    a, b = (vpool.data[0] - vpool.data[0].mean()).flatten(), (small[0] - small[0].mean()).flatten()
+    assert vpool.targets[0] == 0 and torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99
+    assert tiny_imagenet_fscil(data_root, image_size=32, validation=True, heldout_per_class=0).heldout is None
 
 
 def test_omniglot_external_corpus_is_the_characters_nothing_else_uses(data_root):
