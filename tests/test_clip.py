@@ -731,6 +731,23 @@ def test_contrastive_loss_mixup_targets_match_a_hand_computation():
     assert contrastive_loss(img, txt, scale, None, (1.0, perm)).item() == pytest.approx(diag.item(), rel=1e-6)
 
 
+def test_color_augment_is_seeded_bounded_and_off_by_default():
+    from avalanche_fscl.benchmarks.pretrain_clip import color_augment
+
+    x = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    assert color_augment(x, 0.0, 0.0, g) is x and torch.equal(g.get_state(), torch.Generator().manual_seed(1).get_state())
+    a = color_augment(x, 0.4, 0.2, torch.Generator().manual_seed(2))
+    b = color_augment(x, 0.4, 0.2, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and a.shape == x.shape and 0 <= a.min() and a.max() <= 1
+    grey = (a[:, 0] == a[:, 1]).all((1, 2)) & (a[:, 1] == a[:, 2]).all((1, 2))
+    assert 3 <= int(grey.sum()) <= 25, "about 20% of 64 images in grey"
+    ratio = a.mean((1, 2, 3)) / x.mean((1, 2, 3))
+    assert ratio.min() < 0.85 and ratio.max() > 1.15, "brightness varies per image"
+    all_grey = color_augment(x, 0.0, 1.0, torch.Generator().manual_seed(3))
+    assert torch.allclose(all_grey[:, 0], (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1))
+
+
 def test_pretrain_recipe_errors():
     from avalanche_fscl.benchmarks.pretrain_clip import load_recipe
 
@@ -746,6 +763,10 @@ def test_pretrain_recipe_errors():
         load_recipe("test_tiny", mixup="strong")
     with pytest.raises(ValueError, match=r"init='nowhere/x.pt': no such checkpoint file; allowed: 'fscl'"):
         load_recipe("test_tiny", init="nowhere/x.pt")
+    with pytest.raises(ValueError, match=r"color_jitter=1.5 must be a number in \[0, 1\] \(0 = off\)"):
+        load_recipe("test_tiny", color_jitter=1.5)
+    with pytest.raises(ValueError, match=r"grayscale_p=-0.1 must be a number in \[0, 1\]"):
+        load_recipe("test_tiny", grayscale_p=-0.1)
     with pytest.raises(ValueError, match=r"channels_last='yes'; allowed: true, false, null \(auto\)"):
         load_recipe("test_tiny", channels_last="yes")
 
