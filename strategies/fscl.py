@@ -52,7 +52,7 @@ class FSCL(StrategySpec):
                  meta_inner_steps: int = 1, meta_inner_lr: float = 0.05, meta_lr: float = 0.01,
                  first_order: bool = True, meta_scale: float = 10.0, meta_norm_stats: str = "episode",
                  meta_cache: bool = False, session_meta_episodes: int = 0, session_meta_lr: float = 0.003,
-                 slow: str | list[str] | None = "backbone",
+                 session_meta_memory: int = 0, slow: str | list[str] | None = "backbone",
                  epochs: int | None = None, base_epochs: int | None = None, seed: int = 0):
         super().__init__()
         for name, v in (("epochs", epochs), ("base_epochs", base_epochs)):
@@ -65,7 +65,7 @@ class FSCL(StrategySpec):
             meta_shots=meta_shots, meta_queries=meta_queries, meta_inner_steps=meta_inner_steps,
             meta_inner_lr=meta_inner_lr, meta_lr=meta_lr, first_order=first_order, meta_scale=meta_scale,
             meta_norm_stats=meta_norm_stats, meta_cache=meta_cache, session_meta_episodes=session_meta_episodes,
-            session_meta_lr=session_meta_lr, seed=seed,
+            session_meta_lr=session_meta_lr, session_meta_memory=session_meta_memory, seed=seed,
         )
         FastSlowConsolidationPlugin(**self.plugin_args)  # bad values fail here, before any output
 

@@ -14,6 +14,7 @@ from avalanche_fscl.streams import TensorImageDataset, fscil_benchmark
 from test_baseline_plugins import (
     BASE,
     N_CLASSES,
+    SHOTS,
     Scale,
     ScaleNoise,
     _one_thread,  # noqa: F401  (autouse fixture: one intra-op thread for these tiny tensors)
@@ -146,6 +147,42 @@ def test_session_meta_learning_moves_only_the_slow_weights(scenario):
         FastSlowConsolidationPlugin(session_meta_episodes=-1)
     with pytest.raises(ValueError, match=r"session_meta_episodes > 0 needs slow weights"):
         FastSlowConsolidationPlugin(slow=None, meta=False, slow_step=0, session_meta_episodes=5)
+
+
+def test_session_meta_memory_keeps_every_class_and_meta_learns_over_them(scenario):
+    """``session_meta_memory``: the slow weights' memory holds up to that many samples of every
+    class seen (the base classes' too); session episodes then run over all of them, so the slow
+    weights' prototype loss on the *base* classes falls as well, the fast weights stay untouched,
+    and the memory round-trips through the plugin state."""
+    ref_plugin = FastSlowConsolidationPlugin(fast_strength=100, slow_step=0, meta=False)
+    ref, _ = run(scenario, [ref_plugin], sessions=2)
+    kw = dict(fast_strength=100, slow_step=0, meta=False, meta_ways=6, session_meta_episodes=20, session_meta_lr=0.05)
+    plugin = FastSlowConsolidationPlugin(session_meta_memory=8, **kw)
+    model, _ = run(scenario, [plugin], sessions=2)
+    a, b = model_tensors(model), model_tensors(ref)
+    assert all(torch.equal(a[k], b[k]) for k in a), "the fast weights are untouched"
+    memory = plugin._memory
+    seen = sorted({int(c) for s in range(2) for c in scenario.train_stream[s].classes_in_this_experience})
+    assert memory.memory_classes() == seen
+    counts = torch.bincount(memory.memory_y, minlength=N_CLASSES)[seen]
+    assert counts.tolist() == [8] * BASE + [SHOTS] * (len(seen) - BASE)  # capped; 5-shot classes whole
+    base = scenario.train_stream[0].dataset
+    own_shots = FastSlowConsolidationPlugin(**kw)  # episodes over the session's shots only
+    shots_model, _ = run(scenario, [own_shots], sessions=2)
+    loss = _prototype_loss(model, plugin, base)
+    assert loss < 0.5 * _prototype_loss(ref, ref_plugin, base), "base classes learned further"
+    assert loss < 0.1 * _prototype_loss(shots_model, own_shots, base), "without the memory they are not kept"
+
+    restored = FastSlowConsolidationPlugin(session_meta_memory=8, **kw)
+    restored.load_state_dict(roundtrip(plugin.state_dict()))
+    assert torch.equal(restored._memory.memory_x, memory.memory_x)
+    assert torch.equal(restored._memory.memory_y, memory.memory_y)
+    with pytest.raises(ValueError, match=r"state has session memory; this plugin has session_meta_memory=0"):
+        FastSlowConsolidationPlugin(**kw).load_state_dict(roundtrip(plugin.state_dict()))
+    with pytest.raises(ValueError, match=r"session_meta_memory must be an integer >= 0, got -2"):
+        FastSlowConsolidationPlugin(session_meta_memory=-2, session_meta_episodes=5)
+    with pytest.raises(ValueError, match=r"session_meta_memory > 0 needs session_meta_episodes > 0"):
+        FastSlowConsolidationPlugin(session_meta_memory=5)
 
 
 @pytest.mark.parametrize("norm_stats, kept", [("frozen", True), ("episode", False)])
