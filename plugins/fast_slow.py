@@ -507,7 +507,7 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
 
     # -------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """Slow weights, anchors, importance and the session count (CPU tensors)."""
+        """Slow weights, anchors, importance, the session count and the session memory (CPU tensors)."""
         cpu = lambda d: {k: v.detach().cpu().clone() for k, v in d.items()}  # noqa: E731
         return {
             "version": _STATE_VERSION,
