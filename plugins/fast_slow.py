@@ -56,7 +56,9 @@ rest in. What comes from where:
   queries), at ``session_meta_lr``; only ``phi`` changes, the fast weights do not. Off (0) by
   default: on Tiny ImageNet (50 episodes at 0.001, chosen on one validation seed) it lowered the
   held-out column from 53.3 to 49.5 over ten sessions (3 seeds;
-  ``benchmarks/results/tiny_imagenet_fscil_fscl_sme``).
+  ``benchmarks/results/tiny_imagenet_fscil_fscl_sme``). On the task sequence
+  (``omniglot_tasks``: 10 classes before the first incremental session) it is what makes the
+  held-out column rise (``benchmarks/README.md``); that config turns it on.
 * [ours] ``session_meta_memory``: the slow weights' own episodic memory. After every session
   (the base session included) up to that many samples of each of its classes are kept
   (un-augmented, as :class:`~avalanche_fscl.plugins.ClassBalancedReplayPlugin` keeps them), and
@@ -65,6 +67,16 @@ rest in. What comes from where:
   meta-learning on earlier tasks as new ones arrive rather than fitting 50 images. Off (0) by
   default: on the Tiny ImageNet validation protocol (20 per class, 50 episodes at 0.01, 3 seeds) the
   held-out column moved by −0.36 (+0.38, −0.21, −1.24; ``benchmarks/results/validation/summary.md``).
+* [ours] ``fast_from_slow``: after every incremental session (after step 2 and the session
+  episodes) the fast weights restart from the slow ones, ``theta <- phi`` on the slow
+  parameters (the design's "fast weights initialised from phi", applied every session rather
+  than once after the base session), the anchors of step 1 move there, and every class's row is
+  recomputed as the prototype of its samples in the session memory (old rows were built from
+  features that no longer exist). So what the slow weights learn from the sessions reaches
+  the seen-class classifier. Needs ``session_meta_memory``; off by default. With
+  ``session_meta_memory`` at least the sessions' shots (the task sequence), the rows use every
+  training sample; on an FSCIL stream the base classes' rows would come from the memory's
+  few samples instead of all of them.
 * [ours] Few-shot generalisation is read from ``phi``: :meth:`slow_weights` swaps them
   into the model; the ``heldout_fewshot`` evaluation column uses it.
 
@@ -134,6 +146,9 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
             seen)``-way, half of the smallest class's stored samples as support. Memory cost:
             one input per stored sample (Tiny ImageNet at 32 px: 12 KiB; 20 per class over 200
             classes: 47 MiB), also in :meth:`state_dict`.
+        fast_from_slow: after every incremental session, reset the fast weights to the slow
+            ones and rebuild every class's row from the session memory (ours, see the module
+            doc; needs ``session_meta_memory > 0``).
         meta_cache: run the episodes through the slow part of the network only (ours, for
             speed). ``model.features`` is cut (``torch.fx``) before the first layer with slow
             parameters; that frozen lower part is a fixed function (needs
@@ -174,6 +189,7 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         session_meta_episodes: int = 0,
         session_meta_lr: float = 0.003,
         session_meta_memory: int = 0,
+        fast_from_slow: bool = False,
         batch_size: int = 256,
         seed: int = 0,
     ):
@@ -198,6 +214,10 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
             raise ValueError(f"session_meta_memory must be an integer >= 0, got {session_meta_memory!r}")
         if session_meta_memory and not session_meta_episodes:
             raise ValueError("session_meta_memory > 0 needs session_meta_episodes > 0 (it only feeds those episodes)")
+        if not isinstance(fast_from_slow, bool):
+            raise ValueError(f"fast_from_slow must be True or False, got {fast_from_slow!r}")
+        if fast_from_slow and not session_meta_memory:
+            raise ValueError("fast_from_slow=True needs session_meta_memory > 0 (the samples every class's row is rebuilt from)")
         for name, v in [("meta_lr", meta_lr), ("meta_scale", meta_scale), ("session_meta_lr", session_meta_lr)]:
             if not (isinstance(v, (int, float)) and v > 0):
                 raise ValueError(f"{name} must be > 0, got {v!r}")
@@ -223,6 +243,7 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         self.batch_size, self.seed = batch_size, int(seed)
         # the slow weights' episodic memory (session_meta_memory); its store() is the replay plugin's
         self._memory = ClassBalancedReplayPlugin(session_meta_memory, seed=self.seed) if session_meta_memory else None
+        self.fast_from_slow = fast_from_slow
 
         self.slow_names: list[str] | None = None  # parameters with slow weights
         self.slow: dict[str, Tensor] = {}  # phi: parameters and buffers
@@ -363,6 +384,8 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
                 self._memory.store(exp.dataset, classes, s)
             if s > 0 and self.session_meta_episodes:
                 self._session_meta_learn(model, exp, classes, s, strategy.device)
+            if s > 0 and self.fast_from_slow:
+                self._restart_fast(model, strategy.device)
         self._old_rows = None
         self.sessions = s + 1
 
@@ -406,6 +429,17 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
             if k in self.omega:
                 step = step / (1.0 + self.slow_strength * self.omega[k].to(phi.device))
             phi.add_(step)
+
+    @torch.no_grad()
+    def _restart_fast(self, model: nn.Module, device) -> None:
+        """``fast_from_slow``: ``theta <- phi``, step 1's anchors there, every row from the memory."""
+        state = model.state_dict(keep_vars=True)
+        for k, phi in self.slow.items():
+            state[k].copy_(phi.to(state[k].device))
+        memory = TensorImageDataset(self._memory.memory_x, self._memory.memory_y)
+        self._set_prototype_rows(model, memory, self._memory.memory_classes(), device)
+        if self.anchor:
+            self.anchor = {n: p.detach().clone() for n, p in self._consolidated(model).items()}
 
     def _set_prototype_rows(self, model: nn.Module, dataset, classes: list[int], device) -> None:
         means = class_mean_features(model, dataset, classes, self.batch_size, device)

@@ -179,7 +179,11 @@ def omniglot_fscil(
     hyper-parameters without touching a test image: background characters and drawers
     0-14 only. The last ``sessions * ways`` of the ``base_classes`` background characters
     become the novel classes (default: 864 base + 100 novel); drawers 0-9 train (shots drawn
-    from them), drawers 10-14 test; no held-out pool.
+    from them), drawers 10-14 test. Held-out pool: the ``heldout_classes`` background
+    characters after ``base_classes`` (default ``None``: up to 100), drawers 0-14; none with
+    the default 964 (every background character is in the protocol), so a held-out
+    validation needs ``base_classes`` below 964 (e.g. the task sequence:
+    ``base_classes=110, base_shots=5``: 10 + 100 stream characters, 100 held out).
 
     Data (``data_root/omniglot`` or ``data_root`` itself, default ``$AVALANCHE_FSCL_DATA``
     or ``../shared/data``): ``images_background.npz`` + ``images_evaluation.npz`` (+
@@ -218,6 +222,16 @@ def omniglot_fscil(
             )
         chars, split = bg[:base_classes], 10  # drawers 0-9 train, 10-14 test
         class_names = names[:base_classes]
+        spare = len(bg) - base_classes  # background characters the protocol leaves out
+        if heldout_classes is None:
+            heldout_classes = min(100, spare)
+        if not 0 <= heldout_classes <= spare:
+            raise ValueError(
+                f"validation=True: heldout_classes={heldout_classes}: allowed 0..{spare} (the background "
+                f"characters after base_classes={base_classes})"
+            )
+        if heldout_classes:  # training drawers only: the real protocol's test drawers stay unread
+            heldout = pool(bg[base_classes : base_classes + heldout_classes, :15])
         base_classes -= n_novel
     else:
         if heldout_classes is None:

@@ -185,6 +185,33 @@ def test_session_meta_memory_keeps_every_class_and_meta_learns_over_them(scenari
         FastSlowConsolidationPlugin(session_meta_memory=5)
 
 
+def test_fast_from_slow_restarts_the_fast_weights_and_rebuilds_every_row_from_the_memory(scenario):
+    """``fast_from_slow``: after every incremental session the model's slow parameters (and their
+    buffers) are the slow weights, step 1's anchors sit there, and every class's row is the
+    normalised mean feature of its samples in the memory; the next session trains from there."""
+    kw = dict(fast_strength=100, slow_step=0.1, meta=False, meta_ways=6, session_meta_episodes=20,
+              session_meta_lr=0.05, session_meta_memory=8)
+    plugin = FastSlowConsolidationPlugin(fast_from_slow=True, **kw)
+    model, _ = run(scenario, [plugin], sessions=3)
+    state = model.state_dict()
+    assert plugin.slow and all(torch.equal(state[k], v) for k, v in plugin.slow.items()), "theta = phi"
+    assert all(torch.equal(plugin.anchor[n], p) for n, p in model.named_parameters() if n in plugin.anchor)
+    memory = plugin._memory
+    seen = memory.memory_classes()
+    assert seen == list(range(N_CLASSES))
+    model.eval()
+    with torch.no_grad():
+        feats = model.features(memory.memory_x)
+    means = torch.stack([feats[memory.memory_y == c].mean(0) for c in seen])
+    assert torch.allclose(model.weight[seen], F.normalize(means, dim=1), atol=1e-5)
+    kept, _ = run(scenario, [FastSlowConsolidationPlugin(**kw)], sessions=3)
+    assert not torch.equal(kept.weight[seen], model.weight[seen]), "without it the rows are the session-time ones"
+    with pytest.raises(ValueError, match=r"fast_from_slow=True needs session_meta_memory > 0"):
+        FastSlowConsolidationPlugin(fast_from_slow=True, session_meta_episodes=5)
+    with pytest.raises(ValueError, match=r"fast_from_slow must be True or False, got 1"):
+        FastSlowConsolidationPlugin(fast_from_slow=1, session_meta_episodes=5, session_meta_memory=2)
+
+
 @pytest.mark.parametrize("norm_stats, kept", [("frozen", True), ("episode", False)])
 def test_meta_norm_stats_keep_or_update_the_base_training_statistics(scenario, norm_stats, kept):
     ref, _ = run(scenario, [FastSlowConsolidationPlugin(fast_strength=100, meta=False)], sessions=1)

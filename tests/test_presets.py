@@ -149,6 +149,16 @@ def test_omniglot_heldout_pool_and_validation_protocol(data_root):
     assert not any(torch.equal(v, r) for v in val_imgs for r in real_imgs[:2000])
     with pytest.raises(ValueError, match=r"validation=True: sessions=10 x ways=10 = 100 novel classes must be fewer than base_classes=50"):
         omniglot_fscil(data_root, validation=True, base_classes=50)
+    # a validation held-out pool: the background characters after the protocol's, drawers 0-14 only
+    tasks = omniglot_fscil(data_root, validation=True, base_classes=110, base_shots=5)
+    assert len(tasks.base_classes) == 10 and len(tasks.heldout) == 100 * 15
+    bg = torch.from_numpy(~np.load(data_root / "omniglot" / "images_background.npz")["images"][110, 14]).float()
+    expected = torch.nn.functional.interpolate(bg[None, None], size=(28, 28), mode="area").mul(255).round().div(255)
+    assert torch.allclose(tasks.heldout.data[14], expected[0], atol=1e-6), "character 110, drawer 14"
+    assert sorted(set(tasks.heldout.targets)) == list(range(100))
+    assert len(omniglot_fscil(data_root, validation=True, base_classes=900).heldout) == 64 * 15
+    with pytest.raises(ValueError, match=r"validation=True: heldout_classes=65: allowed 0\.\.64"):
+        omniglot_fscil(data_root, validation=True, base_classes=900, heldout_classes=65)
 
 
 def test_tiny_imagenet_heldout_is_cifar10_test_and_validation_uses_train_images(data_root):

@@ -231,3 +231,15 @@ def test_fscl_base_epochs_trade_supervised_epochs_for_meta_learning():
     assert (own.base_epochs, own.novel_epochs, own.base_lr, own.novel_lr) == (3, 2, 0.1, 0.01)
     with pytest.raises(ValueError, match=r"base_epochs must be an integer >= 0 or None, got -2"):
         make_spec("fscl", {"base_epochs": -2})
+
+
+def test_fscl_meta_ablations_switch_off_session_meta_learning():
+    on = {"session_meta_episodes": 50, "session_meta_memory": 5}
+    assert make_spec("fscl", on).plugin_args["session_meta_episodes"] == 50
+    for name in ("fscl_no_meta", "fscl_no_session_meta", "fscl_fast_only"):
+        args = make_spec(name, {"session_meta_lr": 0.01}).plugin_args
+        assert (args["session_meta_episodes"], args["session_meta_memory"]) == (0, 0), name
+        with pytest.raises(ValueError, match=rf"strategy_args\.{name}\.session_meta_episodes: unknown hyper-parameter"):
+            make_spec(name, on)
+    assert make_spec("fscl_no_meta").plugin_args["meta"] is False
+    assert make_spec("fscl_no_session_meta").plugin_args["meta"] is True  # the base session's meta-learning kept
