@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from avalanche.models import DynamicModule
 
+from .amp import autocast_context, check_autocast
 from .classifier import MASK_VALUE
 from .clip import FEATURE_CACHE, FeatureCache
 
@@ -91,9 +92,7 @@ class PromptedCLIP(DynamicModule):
             raise ValueError(f"PromptedCLIP: n_vpt={n_vpt!r} must be >= 1")
         if not templates:
             raise ValueError("PromptedCLIP: templates is empty")
-        if autocast not in (None, "bf16", "fp16"):
-            raise ValueError(f"PromptedCLIP: autocast={autocast!r}; allowed: None, 'bf16', 'fp16'")
-        self.autocast = autocast
+        self.autocast = check_autocast(autocast, "PromptedCLIP: autocast")
         if visual_prompt and not hasattr(clip.visual, "transformer"):
             raise ValueError(
                 f"PromptedCLIP: visual_prompt=True needs a ViT image tower; {type(clip.visual).__name__} has no transformer")
@@ -304,9 +303,7 @@ class PromptedCLIP(DynamicModule):
 
     def amp(self):
         """The autocast context of :attr:`autocast` (a no-op when ``None``)."""
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.autocast)
-        dev = self.clip.logit_scale.device.type
-        return torch.autocast(dev, dtype=dtype, enabled=dtype is not None)
+        return autocast_context(self.clip.logit_scale.device, self.autocast)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(N, n_labels)`` of images ``(N, 3, S, S)``."""

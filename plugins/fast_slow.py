@@ -77,6 +77,13 @@ rest in. What comes from where:
   ``session_meta_memory`` at least the sessions' shots (the task sequence), the rows use every
   training sample; on an FSCIL stream the base classes' rows would come from the memory's
   few samples instead of all of them.
+* [ours] ``row_steps``: with ``fast_from_slow``, after the rows are rebuilt from the memory they
+  learn it: ``row_steps`` full-batch steps of cross-entropy over the memory's features (the
+  backbone fixed, the rows starting at the prototypes; SGD with momentum 0.9 at ``row_lr``). The
+  classifier rows are fast weights; this is their fast learning of every class seen, from the
+  same stored shots the prototypes average. Off (0) by default.
+* [ours] ``meta_autocast="bf16"``: the episodes (the bulk of FSCL's extra cost) run under
+  ``torch.autocast``; the slow weights and their updates stay fp32. A speed option only.
 * [ours] Few-shot generalisation is read from ``phi``: :meth:`slow_weights` swaps them
   into the model; the ``heldout_fewshot`` evaluation column uses it.
 
@@ -95,9 +102,17 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 
+from ..models.amp import autocast_context, check_autocast
 from ..streams.data import TensorImageDataset, dataset_targets
 from ..streams.episodes import few_shot_episodes
-from ._features import _Features, class_mean_features, lower_features, split_features, support_prototypes
+from ._features import (
+    _Features,
+    class_mean_features,
+    extract_features,
+    lower_features,
+    split_features,
+    support_prototypes,
+)
 from ._importance import IMPORTANCE_ESTIMATORS, PathIntegral, dataset_importance
 from ._session import training_session
 from .replay import ClassBalancedReplayPlugin
@@ -149,6 +164,9 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         fast_from_slow: after every incremental session, reset the fast weights to the slow
             ones and rebuild every class's row from the session memory (ours, see the module
             doc; needs ``session_meta_memory > 0``).
+        row_steps: with ``fast_from_slow``, full-batch steps that train the rebuilt rows on the
+            memory's features (>= 0; 0 = prototype rows; ours, see the module doc).
+        row_lr: their SGD learning rate (> 0; momentum 0.9, constant).
         meta_cache: run the episodes through the slow part of the network only (ours, for
             speed). ``model.features`` is cut (``torch.fx``) before the first layer with slow
             parameters; that frozen lower part is a fixed function (needs
@@ -158,6 +176,12 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
             augmentation, the same result as without the cache (up to float rounding). Memory: the
             cut's activations per base image (Conv4 at 32 px cut before block 3: 64 x 8 x 8
             floats = 16 KiB, 245 MB for 15,000 images).
+        meta_autocast: mixed precision of the meta-learning episodes (base and incremental
+            sessions): ``None`` (fp32) or ``"bf16"`` (``torch.autocast`` on the model's device; the
+            slow weights, their optimizer and the episode's cosine logits stay fp32). Ours, for
+            speed: on a CPU with AMX a Conv4 episode step takes about half the time (where
+            measured: ``benchmarks/README.md``), on CPUs without bf16 units it is slower. Episodes
+            then differ from fp32 by bf16 rounding.
         batch_size: batch size of feature and importance passes.
         seed: seeds the meta-learning episodes (the same episodes after a resume).
 
@@ -190,6 +214,9 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         session_meta_lr: float = 0.003,
         session_meta_memory: int = 0,
         fast_from_slow: bool = False,
+        row_steps: int = 0,
+        row_lr: float = 0.1,
+        meta_autocast: str | None = None,
         batch_size: int = 256,
         seed: int = 0,
     ):
@@ -218,9 +245,15 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
             raise ValueError(f"fast_from_slow must be True or False, got {fast_from_slow!r}")
         if fast_from_slow and not session_meta_memory:
             raise ValueError("fast_from_slow=True needs session_meta_memory > 0 (the samples every class's row is rebuilt from)")
-        for name, v in [("meta_lr", meta_lr), ("meta_scale", meta_scale), ("session_meta_lr", session_meta_lr)]:
+        if not isinstance(row_steps, int) or isinstance(row_steps, bool) or row_steps < 0:
+            raise ValueError(f"row_steps must be an integer >= 0, got {row_steps!r}")
+        if row_steps and not fast_from_slow:
+            raise ValueError("row_steps > 0 needs fast_from_slow=True (it trains the rows rebuilt from the memory)")
+        for name, v in [("meta_lr", meta_lr), ("meta_scale", meta_scale), ("session_meta_lr", session_meta_lr),
+                        ("row_lr", row_lr)]:
             if not (isinstance(v, (int, float)) and v > 0):
                 raise ValueError(f"{name} must be > 0, got {v!r}")
+        self.meta_autocast = check_autocast(meta_autocast, "meta_autocast", (None, "bf16"))
         if meta_norm_stats not in _NORM_STATS:
             raise ValueError(f"meta_norm_stats={meta_norm_stats!r}: allowed {', '.join(_NORM_STATS)}")
         if not isinstance(meta_cache, bool):
@@ -244,6 +277,7 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         # the slow weights' episodic memory (session_meta_memory); its store() is the replay plugin's
         self._memory = ClassBalancedReplayPlugin(session_meta_memory, seed=self.seed) if session_meta_memory else None
         self.fast_from_slow = fast_from_slow
+        self.row_steps, self.row_lr = row_steps, float(row_lr)
 
         self.slow_names: list[str] | None = None  # parameters with slow weights
         self.slow: dict[str, Tensor] = {}  # phi: parameters and buffers
@@ -259,11 +293,12 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         return self.fast_strength > 0
 
     def _check_model(self, model: nn.Module) -> None:
-        missing = [a for a in ("features", "set_class_weights", "weight") if not hasattr(model, a)]
+        needed = ("features", "set_class_weights", "weight") + (("logits",) if self.row_steps else ())
+        missing = [a for a in needed if not hasattr(model, a)]
         if missing:
             raise ValueError(
-                f"FastSlowConsolidationPlugin needs an FSCILNet-like model (features, weight, "
-                f"set_class_weights); model {type(model).__name__} lacks {', '.join(missing)}"
+                f"FastSlowConsolidationPlugin needs an FSCILNet-like model ({', '.join(needed)}); "
+                f"model {type(model).__name__} lacks {', '.join(missing)}"
             )
         if self.slow_names is None:
             names = [n for n, p in model.named_parameters() if self._is_slow(n, p)]
@@ -438,8 +473,30 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
             state[k].copy_(phi.to(state[k].device))
         memory = TensorImageDataset(self._memory.memory_x, self._memory.memory_y)
         self._set_prototype_rows(model, memory, self._memory.memory_classes(), device)
+        if self.row_steps:
+            self._train_rows(model, *extract_features(model, memory, self.batch_size, device))
         if self.anchor:
             self.anchor = {n: p.detach().clone() for n, p in self._consolidated(model).items()}
+
+    @torch.enable_grad()
+    def _train_rows(self, model: nn.Module, feats: Tensor, labels: Tensor) -> None:
+        """``row_steps``: the head (``weight``, ``bias``) learns ``feats (N, D)`` with ``labels (N,)``."""
+        head = [p for p in (model.weight, getattr(model, "bias", None)) if p is not None]
+        params = list(model.parameters())
+        flags = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(any(p is h for h in head))
+        opt = torch.optim.SGD(head, lr=self.row_lr, momentum=0.9)
+        try:
+            for _ in range(self.row_steps):
+                loss = F.cross_entropy(model.logits(feats.detach()), labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        finally:
+            for p, f in zip(params, flags):
+                p.requires_grad_(f)
+                p.grad = None
 
     def _set_prototype_rows(self, model: nn.Module, dataset, classes: list[int], device) -> None:
         means = class_mean_features(model, dataset, classes, self.batch_size, device)
@@ -533,7 +590,8 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         """Cross-entropy of the queries (the support itself when ``qx`` is None) under cosine
         logits to the support prototypes; ``sx``/``qx`` are the inputs of ``net``."""
         inputs = sx if qx is None else tuple(torch.cat([s, q]) for s, q in zip(sx, qx))
-        feats = torch.func.functional_call(net, weights, inputs, strict=False)
+        with autocast_context(qy.device, self.meta_autocast):
+            feats = torch.func.functional_call(net, weights, inputs, strict=False)
         n = len(sy)
         fs, fq = feats[:n], (feats if qx is None else feats[n:])
         logits = self.meta_scale * F.normalize(fq.float(), dim=1) @ support_prototypes(fs, sy, ways).T

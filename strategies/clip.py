@@ -30,6 +30,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 
+from ..models.amp import check_autocast
 from .registry import register_variant
 from .spec import StrategyContext, StrategySpec
 from .template import SessionSchedule
@@ -85,8 +86,7 @@ class CLIPPrompt(StrategySpec):
             raise ValueError(f"n_ctx={n_ctx!r} must be >= 1")
         if prompt in ("vpt", "unigram") and int(n_vpt) < 1:
             raise ValueError(f"n_vpt={n_vpt!r} must be >= 1")
-        if autocast not in (None, "bf16", "fp16"):
-            raise ValueError(f"autocast={autocast!r}; allowed: None, 'bf16', 'fp16'")
+        check_autocast(autocast)
         if templates not in ("photo", "imagenet"):
             raise ValueError(f"templates={templates!r}; allowed: 'photo', 'imagenet'")
         if clip_grad is not None and not clip_grad > 0:

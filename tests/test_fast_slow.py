@@ -15,6 +15,7 @@ from test_baseline_plugins import (
     BASE,
     N_CLASSES,
     SHOTS,
+    WAYS,
     Scale,
     ScaleNoise,
     _one_thread,  # noqa: F401  (autouse fixture: one intra-op thread for these tiny tensors)
@@ -212,6 +213,38 @@ def test_fast_from_slow_restarts_the_fast_weights_and_rebuilds_every_row_from_th
         FastSlowConsolidationPlugin(fast_from_slow=1, session_meta_episodes=5, session_meta_memory=2)
 
 
+def test_row_steps_train_the_rebuilt_rows_on_the_memory_and_nothing_else(scenario):
+    """``row_steps``: after the restart the rows learn the memory (its cross-entropy falls below
+    the prototype rows'); the backbone is untouched: after one incremental session it equals the
+    run without row training, and so do the rows' classes."""
+    kw = dict(fast_strength=100, slow_step=0.1, meta=False, meta_ways=6, session_meta_episodes=20,
+              session_meta_lr=0.05, session_meta_memory=8, fast_from_slow=True)
+    protos, _ = run(scenario, [FastSlowConsolidationPlugin(**kw)], sessions=2)
+    plugin = FastSlowConsolidationPlugin(row_steps=30, row_lr=0.5, **kw)
+    trained, _ = run(scenario, [plugin], sessions=2)
+    a, b = protos.backbone.state_dict(), trained.backbone.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "only the rows train"
+    memory = plugin._memory
+    seen = memory.memory_classes()
+    assert seen == list(range(BASE + WAYS))
+    trained.eval()
+    protos.eval()
+    with torch.no_grad():
+        loss = {name: F.cross_entropy(m(memory.memory_x), memory.memory_y).item()
+                for name, m in (("protos", protos), ("trained", trained))}
+    assert loss["trained"] < 0.85 * loss["protos"], loss
+    assert not torch.equal(trained.weight[seen], protos.weight[seen])
+    unseen = list(range(BASE + WAYS, N_CLASSES))
+    assert torch.equal(trained.weight[unseen], protos.weight[unseen]), "rows of unseen classes untouched"
+    assert all(p.grad is None for p in trained.parameters())
+    with pytest.raises(ValueError, match=r"row_steps > 0 needs fast_from_slow=True"):
+        FastSlowConsolidationPlugin(row_steps=5)
+    with pytest.raises(ValueError, match=r"row_steps must be an integer >= 0, got -1"):
+        FastSlowConsolidationPlugin(row_steps=-1, **kw)
+    with pytest.raises(ValueError, match=r"row_lr must be > 0, got 0"):
+        FastSlowConsolidationPlugin(row_steps=5, row_lr=0, **kw)
+
+
 @pytest.mark.parametrize("norm_stats, kept", [("frozen", True), ("episode", False)])
 def test_meta_norm_stats_keep_or_update_the_base_training_statistics(scenario, norm_stats, kept):
     ref, _ = run(scenario, [FastSlowConsolidationPlugin(fast_strength=100, meta=False)], sessions=1)
@@ -240,6 +273,29 @@ def test_meta_cache_gives_the_uncached_result_without_augmentation(inner_steps):
     for k in live.slow:
         assert torch.allclose(live.slow[k], cached.slow[k], atol=1e-5), k
     assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(model_tensors(a).values(), model_tensors(b).values()))
+
+
+def test_meta_autocast_runs_the_episodes_in_bf16_and_meta_learns_like_fp32(scenario):
+    """``meta_autocast="bf16"``: the backbone's layers compute in bf16 during the episodes (and
+    only then), the slow weights stay fp32, and they land near the fp32 run's (bf16 rounding)."""
+    dtypes: list[torch.dtype] = []
+    fp32 = FastSlowConsolidationPlugin(fast_strength=100, **META)
+    bf16 = FastSlowConsolidationPlugin(fast_strength=100, meta_autocast="bf16", **META)
+    a, _ = run(scenario, [fp32], sessions=1)
+    model = make_model(0, head="cosine")
+    hook = model.backbone.net[4].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    strategy = make_strategy(model, [bf16], lr=0.1, epochs=4)
+    train_session(strategy, scenario, 0)
+    hook.remove()
+    assert torch.bfloat16 in dtypes and torch.float32 in dtypes, "bf16 in the episodes, fp32 in training"
+    assert dtypes.count(torch.bfloat16) >= META["meta_episodes"], "every episode ran under autocast"
+    assert all(v.dtype == torch.float32 for v in bf16.slow.values() if v.is_floating_point())
+    ref, _ = run(scenario, [FastSlowConsolidationPlugin(fast_strength=100, meta=False)], sessions=1)
+    moved = {k: (fp32.slow[k] - ref.state_dict()[k]).norm() for k in fp32.slow if fp32.slow[k].is_floating_point()}
+    for k, m in moved.items():
+        if m > 0:
+            assert (bf16.slow[k] - fp32.slow[k]).norm() < 0.1 * m, f"{k}: bf16 meta-learning strays from fp32's"
+    assert base_accuracy(model, scenario) > 0.8
 
 
 def test_split_features_cuts_before_the_first_slow_layer():
@@ -367,6 +423,7 @@ def test_resume_is_exact(scenario):
         ({"meta_lr": 0}, r"meta_lr must be > 0"),
         ({"meta_norm_stats": "batch"}, r"meta_norm_stats='batch': allowed episode, frozen"),
         ({"meta_cache": "yes"}, r"meta_cache must be True or False, got 'yes'"),
+        ({"meta_autocast": "fp16"}, r"meta_autocast='fp16'; allowed: None, 'bf16'"),
         ({"slow": None}, r"slow=None \(no slow weights\) needs meta=False and slow_step=0"),
     ],
 )
@@ -386,10 +443,10 @@ def test_bad_filter_and_model(scenario):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("cache", [False, True])
-def test_on_cuda(scenario, cache):
+@pytest.mark.parametrize("cache, amp", [(False, None), (True, None), (False, "bf16")])
+def test_on_cuda(scenario, cache, amp):
     extra = dict(slow=["backbone.net.4"], meta_norm_stats="frozen", meta_cache=True) if cache else {}
-    plugin = FastSlowConsolidationPlugin(fast_strength=100, slow_step=0.2, **META, **extra)
+    plugin = FastSlowConsolidationPlugin(fast_strength=100, slow_step=0.2, meta_autocast=amp, **META, **extra)
     model = make_model(0, head="cosine")
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=16,
                      train_epochs=4, eval_mb_size=64, device="cuda", plugins=[plugin],

@@ -45,7 +45,7 @@ def test_exports():
         "MultiViewFusionHead", "FUSIONS",
         "load_clip", "list_clip_models", "project_clip_models", "clip_image_transform", "encode_class_names",
         "save_clip_checkpoint", "CLIPImageEncoder", "FeatureCache", "PromptedCLIP", "GradientRegulator", "GRAMMetaConfig", "meta_train_gram",
-        "load_gram_checkpoint",
+        "load_gram_checkpoint", "AUTOCAST_DTYPES", "autocast_context", "check_autocast",
     }  # fmt: skip
     for name in models.__all__:
         assert hasattr(models, name)
@@ -257,3 +257,20 @@ def test_conv4_small_learns_quadrants():
     with torch.no_grad():
         acc = (net(x).argmax(1) == y).float().mean().item()
     assert acc > 0.9, (acc, loss.item())
+
+
+def test_autocast_by_name():
+    from avalanche_fscl.models import AUTOCAST_DTYPES, autocast_context, check_autocast
+
+    assert set(AUTOCAST_DTYPES) == {None, "bf16", "fp16"}
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    with autocast_context("cpu", None):
+        assert (a @ b).dtype == torch.float32
+    with autocast_context(torch.device("cpu"), "bf16"):
+        assert (a @ b).dtype == torch.bfloat16
+    assert (a @ b).dtype == torch.float32, "the context ends"
+    with pytest.raises(ValueError, match=r"autocast='bfloat16'; allowed: None, 'bf16', 'fp16'"):
+        autocast_context("cpu", "bfloat16")
+    with pytest.raises(ValueError, match=r"meta_autocast='fp16'; allowed: None, 'bf16'$"):
+        check_autocast("fp16", "meta_autocast", (None, "bf16"))
+    assert check_autocast("bf16") == "bf16"

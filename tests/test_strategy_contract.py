@@ -243,3 +243,16 @@ def test_fscl_meta_ablations_switch_off_session_meta_learning():
             make_spec(name, on)
     assert make_spec("fscl_no_meta").plugin_args["meta"] is False
     assert make_spec("fscl_no_session_meta").plugin_args["meta"] is True  # the base session's meta-learning kept
+
+
+def test_fscl_ablations_without_the_restart_have_no_row_training():
+    on = {"session_meta_episodes": 50, "session_meta_memory": 5, "fast_from_slow": True, "row_steps": 100}
+    assert make_spec("fscl", on).plugin_args["row_steps"] == 100
+    args = make_spec("fscl_no_row_training", {k: v for k, v in on.items() if k != "row_steps"}).plugin_args
+    assert (args["row_steps"], args["fast_from_slow"]) == (0, True)
+    for name in ("fscl_no_fast_from_slow", "fscl_no_session_meta", "fscl_no_meta", "fscl_fast_only"):
+        assert make_spec(name).plugin_args["row_steps"] == 0, name
+        with pytest.raises(ValueError, match=rf"strategy_args\.{name}\.row_steps: unknown hyper-parameter"):
+            make_spec(name, {"row_steps": 100})
+    with pytest.raises(ValueError, match=r"row_steps > 0 needs fast_from_slow=True"):
+        make_spec("fscl", {"row_steps": 100})
