@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.fx
@@ -98,6 +98,24 @@ def class_mean_features(
     Raises:
         ValueError: a class of ``classes`` has no sample in ``dataset``.
     """
+    with eval_mode(model), torch.no_grad():
+        batches = ((model.features(x), y) for x, y in _batches(dataset, batch_size, device))
+        return class_means(batches, classes, device, normalize_features)
+
+
+def class_means(
+    batches: Iterable[tuple[Tensor, Tensor]],
+    classes: Sequence[int],
+    device: str | torch.device,
+    normalize_features: bool = False,
+) -> Tensor:
+    """Mean ``(K, D)`` of the features of each class of ``classes`` over ``(features (B, D),
+    labels (B,))`` batches, accumulated in fp32 batch by batch (the same batches give the same
+    bits as :func:`class_mean_features`); samples of other classes are ignored.
+
+    Raises:
+        ValueError: ``classes`` not distinct ids >= 0, or a class without a sample.
+    """
     classes = [int(c) for c in classes]
     if not classes or min(classes) < 0 or len(set(classes)) != len(classes):
         raise ValueError(f"class_mean_features: classes must be distinct ids >= 0, got {classes[:10]}")
@@ -106,18 +124,17 @@ def class_mean_features(
     # class id -> row; ids outside `classes` map to -1 and are dropped
     table = torch.full((max(classes) + 1,), -1, dtype=torch.long, device=device)
     table[torch.tensor(classes, device=device)] = torch.arange(len(classes), device=device)
-    with eval_mode(model), torch.no_grad():
-        for x, y in _batches(dataset, batch_size, device):
-            f = model.features(x).float()  # accumulate in fp32 (AMP features)
-            if normalize_features:
-                f = F.normalize(f, dim=1)
-            if sums is None:
-                sums = f.new_zeros(len(classes), f.shape[1])
-            y = y.long()
-            rows = torch.where((y >= 0) & (y < len(table)), table[y.clamp(0, len(table) - 1)], -1)
-            keep = rows >= 0
-            sums.index_add_(0, rows[keep], f[keep])
-            counts += torch.bincount(rows[keep], minlength=len(classes))
+    for f, y in batches:
+        f = f.float()  # accumulate in fp32 (AMP features)
+        if normalize_features:
+            f = F.normalize(f, dim=1)
+        if sums is None:
+            sums = f.new_zeros(len(classes), f.shape[1])
+        y = y.long()
+        rows = torch.where((y >= 0) & (y < len(table)), table[y.clamp(0, len(table) - 1)], -1)
+        keep = rows >= 0
+        sums.index_add_(0, rows[keep], f[keep])
+        counts += torch.bincount(rows[keep], minlength=len(classes))
     missing = [c for c, n in zip(classes, counts.tolist()) if n == 0]
     if missing:
         raise ValueError(f"class_mean_features: no samples of classes {missing[:10]} in the dataset")

@@ -108,6 +108,7 @@ from ..streams.episodes import few_shot_episodes
 from ._features import (
     _Features,
     class_mean_features,
+    class_means,
     extract_features,
     lower_features,
     split_features,
@@ -472,9 +473,14 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         for k, phi in self.slow.items():
             state[k].copy_(phi.to(state[k].device))
         memory = TensorImageDataset(self._memory.memory_x, self._memory.memory_y)
-        self._set_prototype_rows(model, memory, self._memory.memory_classes(), device)
-        if self.row_steps:
-            self._train_rows(model, *extract_features(model, memory, self.batch_size, device))
+        classes = self._memory.memory_classes()
+        if not self.row_steps:
+            self._set_prototype_rows(model, memory, classes, device)
+        else:  # one feature pass for the prototypes and the rows' training (same batches, same bits)
+            feats, labels = extract_features(model, memory, self.batch_size, device)
+            batches = zip(feats.split(self.batch_size), labels.split(self.batch_size))
+            model.set_class_weights(classes, F.normalize(class_means(batches, classes, device), dim=1))
+            self._train_rows(model, feats, labels)
         if self.anchor:
             self.anchor = {n: p.detach().clone() for n, p in self._consolidated(model).items()}
 
