@@ -318,6 +318,7 @@ def _write_summary(out: Path, results: dict, *, methods, shots, seeds, device: s
     """Summarise every cell on disk (other processes may have added some) into results.json/.md;
     a (method, K) with fewer seeds than asked is summarised over the seeds it has (``n``)."""
     from .io import write_json, write_text
+    from .machine import cpu_model
 
     res_path = out / "results.json"
     with _locked(res_path):
@@ -332,7 +333,7 @@ def _write_summary(out: Path, results: dict, *, methods, shots, seeds, device: s
                 summary[f"{method}/K{k}"]["sec_per_step"] = round(float(np.mean([c["sec_per_step"] for c in cells])), 4)
     results["summary"] = summary
     results["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                          "threads": torch.get_num_threads(), "device": device, "torch": torch.__version__}
+                          "cpu_model": cpu_model(), "threads": torch.get_num_threads(), "device": device, "torch": torch.__version__}
     results["seeds"], results["shots"], results["methods"] = list(seeds), list(shots), list(methods)
     results["command"] = command
     results["wall_minutes_this_call"] = round(minutes, 1)

@@ -194,7 +194,7 @@ def _provenance_lines(results: dict[str, Any]) -> list[str]:
     env = results["environment"]
     lines = [
         f"- Command: `{results['command']}`" if results.get("command") else "- Command: (Python API)",
-        f"- Machine: {env['processor']}, {env['cpu_count']} CPUs, torch threads {env['torch_threads']}, "
+        f"- Machine: {env.get('cpu_model') or env['processor']}, {env['cpu_count']} CPUs, torch threads {env['torch_threads']}, "
         f"device {env['device_name']}; torch {env['torch']}, avalanche {env['avalanche']}; "
         f"commit {env.get('git_commit') or 'unknown'}",
     ]

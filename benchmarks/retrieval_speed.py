@@ -33,6 +33,7 @@ import torch
 
 from ..retrieval import VectorIndex, create_index
 from .io import write_json, write_text
+from .machine import cpu_model
 
 __all__ = ["clustered_data", "run_retrieval_speed", "main"]
 
@@ -172,14 +173,7 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _machine(threads: int) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {"cpu_model": cpu, "cores": os.cpu_count(), "threads": threads, "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "faiss": faiss.__version__,
             "numpy": np.__version__}

@@ -59,6 +59,7 @@ from ..strategies import (
 from .cache import BaseSessionCache, CacheError, code_fingerprint, package_versions
 from .config import ConfigError, RunConfig, check_light, config_from_dict, config_to_dict, read_yaml
 from .io import load_torch, save_torch, write_json, write_text
+from .machine import cpu_model
 from .report import aggregate, flat_table, write_report
 
 __all__ = [
@@ -101,6 +102,7 @@ def _env_info(device: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

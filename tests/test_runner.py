@@ -18,6 +18,7 @@ import yaml
 from avalanche_fscl.benchmarks import ConfigError, config_from_dict, run_benchmark
 from avalanche_fscl.benchmarks.cli import main
 from avalanche_fscl.benchmarks.runner import BenchmarkError
+from avalanche_fscl.benchmarks.machine import cpu_model
 
 QUICK = {
     "suite": "digits_quick",
@@ -55,6 +56,9 @@ def test_report_files_and_table_contents(suite):
     assert [row[0] for row in on_disk["summary"]["rows"]] == cfg.strategies
     assert on_disk["config"]["seeds"] == [0] and on_disk["command"] == "pytest"
     assert on_disk["environment"]["torch"] and on_disk["wall_time_s"] > 0
+    # the CPU's model name, not just "x86_64": results pair only within one CPU type
+    assert on_disk["environment"]["cpu_model"] == cpu_model()
+    assert f"- Machine: {cpu_model()}," in (out / "results.md").read_text()
     for run in on_disk["runs"]:
         assert len(run["table"]["sessions"]) == 4 and len(run["session_times_s"]) == 4
         assert run["peak_memory"]["cpu_rss_mb"] > 0
@@ -408,3 +412,16 @@ def test_equivalence_tool_compares_run_by_run(suite, tmp_path, capsys):
     assert equivalence([cfg.output, str(copy), "--output", str(tmp_path / "eq.md")]) == 1
     assert "| replay | 0 | NO | 1.00 |" in (tmp_path / "eq.md").read_text()
     assert equivalence([cfg.output, str(tmp_path / "none")]) == 2
+
+
+def test_cpu_model_reads_proc_cpuinfo(monkeypatch, tmp_path):
+    from avalanche_fscl.benchmarks import machine
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\nflags\t: fpu\n")
+    real = machine.Path
+    monkeypatch.setattr(machine, "Path", lambda p: real(info) if p == "/proc/cpuinfo" else real(p))
+    assert machine.cpu_model() == "AMD EPYC 9R14"
+    monkeypatch.setattr(machine, "Path", lambda p: real(tmp_path / "missing"))
+    monkeypatch.setattr(machine.platform, "processor", lambda: "")
+    assert machine.cpu_model() == machine.platform.machine()
