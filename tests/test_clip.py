@@ -672,8 +672,16 @@ def test_pretrain_clip_channels_last_is_a_layout_not_a_change(tmp_path, data_roo
     assert w[False].is_contiguous()
     assert not torch.equal(w[True], load_clip("fscl-rn-64")[0].state_dict()["visual.layer1.0.conv2.weight"])
     assert np.allclose(runs[True]["state"]["losses"], runs[False]["state"]["losses"], atol=1e-4)
+    # AdamW divides each gradient by its own running norm, so a weight whose gradient is at the
+    # rounding level can step by up to 2 lr differently under another conv kernel (seen on an AMD
+    # EPYC: 1 element in 12k); a layout that changed the computation would move most weights.
+    adam_bound = 2 * sum(1e-3 * (s + 1) / 5 for s in range(3))  # 2 x the three warm-up step sizes
+    off = total = 0
     for k, v in runs[True]["model"].items():
-        assert torch.allclose(v.float(), runs[False]["model"][k].float(), atol=1e-4), k
+        d = (v.float() - runs[False]["model"][k].float()).abs()
+        assert d.max() <= adam_bound, (k, d.max().item())
+        off, total = off + int((d > 1e-4).sum()), total + d.numel()
+    assert off <= 1e-4 * total, (off, total)
     resumed = pretrain_clip(load_recipe("test_tiny", model="fscl-rn-64", channels_last=False, batch_size=16),
                             tmp_path / "True", data_root, max_steps=4, progress=False)
     assert resumed["steps"] == 4
