@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .machine import cpu_model
+
 __all__ = ["CLIPRecipe", "load_recipe", "list_recipes", "pretrain_clip", "zero_shot_accuracy", "color_augment", "RECIPE_DIR"]
 
 RECIPE_DIR = Path(__file__).with_name("configs") / "clip"
@@ -458,6 +460,7 @@ def pretrain_clip(
     summary = {"recipe": asdict(recipe), "steps": state["step"], "total_steps": total, "precision": state["precision"],
                "wall_minutes": round(state["elapsed_s"] / 60, 1), "history": state["history"],
                "corpus_images": len(corpus), "threads": torch.get_num_threads(), "device": device,
+               "cpu_model": cpu_model(),
                "command": command, "finished": state["step"] >= total,
                "recipe_changes": state.get("recipe_changes", [])}
     if recipe.init is not None:

@@ -618,6 +618,8 @@ def test_pretrain_clip_resumes_exactly_and_learns(tmp_path, data_root):
     pretrain_clip(recipe, tmp_path / "b", data_root, max_steps=7, progress=False)
     b = pretrain_clip(recipe, tmp_path / "b", data_root, max_steps=16, progress=False)
     assert a["steps"] == b["steps"] == 16 and not a["finished"]
+    from avalanche_fscl.benchmarks.machine import cpu_model
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["cpu_model"] == cpu_model()
     sa = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     sb = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     for k in sa["model"]:
