@@ -5,13 +5,14 @@
 For each prompt kind (coop, vpt, unigram) on the kept CLIP, times ``--steps`` prompt-tuning
 steps (batch 32, 100 classes, 64 px) without and with a (meta-trained-size) regulator,
 alternating blocks so that machine noise hits both alike; reports the median step time and
-the ratio.
+the ratio. ``--device cuda`` times on a GPU (synchronised per step), ``--autocast bf16`` under
+mixed precision, ``--clip-checkpoint none`` with random weights (the step's cost does not
+depend on the weights' values).
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -19,18 +20,21 @@ import torch
 import torch.nn.functional as F
 
 
-def measure(kind: str, steps: int, clip_model: str, clip_checkpoint: str | None) -> dict:
+def measure(kind: str, steps: int, clip_model: str, clip_checkpoint: str | None, device: str = "cpu",
+            autocast: str | None = None) -> dict:
+    """Median seconds per prompt-tuning step without and with the regulator, and their ratio."""
     from ..models.clip import clip_image_transform, load_clip
     from ..models.gram import prompt_flags
     from ..models.prompts import PromptedCLIP
     from ..models.regulator import GradientRegulator
 
-    clip, _, tok = load_clip(clip_model, clip_checkpoint)
+    clip, _, tok = load_clip(clip_model, clip_checkpoint, device=device)
     net = PromptedCLIP(clip, tok, [f"class {i}" for i in range(100)], input_transform=clip_image_transform(clip),
-                       **prompt_flags(kind, ctx_init="a photo of a"))
-    reg = GradientRegulator({n: p.shape[-1] for n, p in net.named_parameters() if not n.startswith("clip.")})
+                       autocast=autocast, **prompt_flags(kind, ctx_init="a photo of a")).to(device)
+    reg = GradientRegulator({n: p.shape[-1] for n, p in net.named_parameters() if not n.startswith("clip.")}).to(device)
     opt = torch.optim.SGD(net.prompt_parameters(), lr=0.01, momentum=0.9)
-    x, y = torch.rand(32, 3, 64, 64), torch.randint(0, 100, (32,))
+    x, y = torch.rand(32, 3, 64, 64, device=device), torch.randint(0, 100, (32,), device=device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     net.train()
 
     def step(regulate: bool) -> float:
@@ -41,6 +45,7 @@ def measure(kind: str, steps: int, clip_model: str, clip_checkpoint: str | None)
         if regulate:
             reg.regulate_(net)
         opt.step()
+        sync()
         return time.perf_counter() - t0
 
     for _ in range(3):
@@ -55,17 +60,21 @@ def measure(kind: str, steps: int, clip_model: str, clip_checkpoint: str | None)
 
 def main(argv=None) -> int:
     from .io import write_json
+    from .runner import _env_info
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--clip-model", default="fscl-vit-p8-64")
-    p.add_argument("--clip-checkpoint", default="fscl")
+    p.add_argument("--clip-checkpoint", default="fscl", help="'fscl' (kept), a file, an open_clip tag, or 'none' (random weights)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--autocast", choices=["bf16", "fp16"], help="mixed precision for the forward pass (default: fp32)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    res = {k: measure(k, a.steps, a.clip_model, a.clip_checkpoint) for k in ("coop", "vpt", "unigram")}
-    res["machine"] = {"platform": platform.platform(), "threads": a.threads, "torch": torch.__version__}
+    ckpt = None if a.clip_checkpoint.lower() == "none" else a.clip_checkpoint
+    res = {k: measure(k, a.steps, a.clip_model, ckpt, a.device, a.autocast) for k in ("coop", "vpt", "unigram")}
+    res["machine"] = {**_env_info(a.device), "autocast": a.autocast or "fp32"}
     res["command"] = "python -m avalanche_fscl.benchmarks.regulator_cost " + " ".join(argv or __import__("sys").argv[1:])
     write_json(a.out, res)
     print(res)

@@ -72,10 +72,10 @@ def clustered_data(n: int, dim: int, n_clusters: int, seed: int, chunk: int = 10
     return out
 
 
-def _configs(nprobes: list[int], efs: list[int]) -> list[tuple[str, dict[str, Any], str, list[dict[str, Any]]]]:
+def _configs(nprobes: list[int], efs: list[int], device: str = "cpu") -> list[tuple[str, dict[str, Any], str, list[dict[str, Any]]]]:
     """(backend, build args, search attribute, search settings) for each backend."""
     return [
-        ("exact", {"batch_size": 1024}, "", [{}]),
+        ("exact", {"batch_size": 1024, "device": device}, "", [{}]),
         ("flat", {}, "", [{}]),
         ("ivf", {}, "nprobe", [{"nprobe": p} for p in nprobes]),
         ("hnsw", {}, "ef_search", [{"ef_search": e} for e in efs]),
@@ -115,14 +115,16 @@ def _describe(index: VectorIndex, search: dict[str, Any]) -> str:
 
 def run_retrieval_speed(sizes: list[int], dim: int, n_queries: int, repeats: int, clusters: int, seed: int,
                         nprobes: list[int], efs: list[int], backends: list[str],
-                        log: Any = print) -> list[dict[str, Any]]:
-    """One row per (size, backend, search setting); see the module docstring."""
+                        log: Any = print, device: str = "cpu") -> list[dict[str, Any]]:
+    """One row per (size, backend, search setting); see the module docstring. ``device`` is the
+    exact backend's (the FAISS backends run on the CPU); queries come from and results go to
+    the host, so a CUDA row's time includes both transfers."""
     rows: list[dict[str, Any]] = []
     queries = clustered_data(n_queries * repeats, dim, clusters, seed + 1_000_003)
     for n in sizes:
         data = clustered_data(n, dim, clusters, seed)
         truth = exact_qps = None
-        for backend, build_args, attr, searches in _configs(nprobes, efs):
+        for backend, build_args, attr, searches in _configs(nprobes, efs, device):
             if backend not in backends and backend != "exact":
                 continue
             gc.collect()
@@ -172,11 +174,12 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "text": text}
 
 
-def _machine(threads: int) -> dict[str, Any]:
+def _machine(threads: int, device: str = "cpu") -> dict[str, Any]:
     cpu = cpu_model()
+    gpu = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None
     return {"cpu_model": cpu, "cores": os.cpu_count(), "threads": threads, "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "faiss": faiss.__version__,
-            "numpy": np.__version__}
+            "numpy": np.__version__, "exact_device": device, "gpu": gpu}
 
 
 def _markdown(result: dict[str, Any]) -> str:
@@ -188,7 +191,8 @@ def _markdown(result: dict[str, Any]) -> str:
         "",
         f"Machine: {m['cpu_model']}, {m['cores']} cores, {m['threads']} threads (torch and FAISS); "
         f"Python {m['python']}, torch {m['torch']}, faiss {m['faiss']}, numpy {m['numpy']}. "
-        f"Wall time {result['wall_s']:.0f} s.",
+        + (f"Exact backend on {m['gpu']} ({m['exact_device']}). " if m.get("gpu") else "")
+        + f"Wall time {result['wall_s']:.0f} s.",
         "",
         f"Data: dim={result['args']['dim']}, {result['args']['clusters']} Gaussian clusters under 32 "
         "super-clusters (unit centres, cosine 0.7 to their super-centre; power-law noise spectrum, noise "
@@ -222,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backends", nargs="+", default=["exact", "flat", "ivf", "hnsw"],
                    choices=["exact", "flat", "ivf", "hnsw"])
     p.add_argument("--threads", type=int, default=2, help="torch and FAISS (OpenMP) threads")
+    p.add_argument("--device", default="cpu", help="the exact backend's device: cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/retrieval_speed"))
     args = p.parse_args(argv)
     for name in ("dim", "queries", "repeats", "clusters", "threads"):
@@ -235,10 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     t0 = time.perf_counter()
     rows = run_retrieval_speed(sorted(args.sizes), args.dim, args.queries, args.repeats, args.clusters, args.seed,
-                               args.nprobe, args.ef_search, args.backends)
+                               args.nprobe, args.ef_search, args.backends, device=args.device)
     result = {
         "command": "python -m avalanche_fscl.benchmarks.retrieval_speed " + shlex.join(argv),
-        "machine": _machine(args.threads),
+        "machine": _machine(args.threads, args.device),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "wall_s": time.perf_counter() - t0,
         "rows": rows,

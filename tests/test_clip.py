@@ -929,3 +929,34 @@ def test_prompt_tuning_on_cuda_with_bf16():
     loss.backward()
     opt.step()
     assert net.ctx.dtype == torch.float32 and net.ctx.grad is not None and torch.isfinite(loss)
+
+
+@pytest.mark.cuda
+def test_gram_meta_training_and_unigram_strategy_on_cuda_with_bf16(tmp_path):
+    """GRAM end to end on a GPU: meta-training writes a device-free checkpoint; UNIGRAM (text +
+    visual prompts, regulated, bf16 autocast) trains its prompts on CUDA with CLIP frozen."""
+    from avalanche_fscl.strategies import StrategyContext, create_strategy
+    from avalanche_fscl.streams import get_stream
+
+    device = "cuda"
+    cfg = GRAMMetaConfig(clip_model=TEST_MODEL, prompt="unigram", topics=1, domains=2, ways=2, shots=2, queries=3,
+                         episodes=4, meta_batch=2, inner_lr=0.5, regulator_lr=0.01)
+    ck = load_gram_checkpoint(meta_train_gram(cfg, tmp_path / "m", device=device, corpus=_toy_corpus(), progress=False))
+    tensors = [*ck["prompts"].values(), *ck["regulator"].values()]
+    assert tensors and all(t.device.type == "cpu" and torch.isfinite(t).all() for t in tensors)
+
+    scenario = get_stream("digits_fscil", seed=0)
+    strat = create_strategy("unigram", StrategyContext(scenario, seed=0, device=device), strategy_args={
+        "clip_model": TEST_MODEL, "clip_checkpoint": None, "meta_checkpoint": str(tmp_path / "m" / "gram.pt"),
+        "base_epochs": 1, "novel_epochs": 1, "lr": 0.05, "autocast": "bf16"})
+    net = strat.model
+    frozen = {k: v.detach().clone() for k, v in net.clip.state_dict().items()}
+    prompts = {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
+    assert set(prompts) >= {"ctx"} and len(prompts) >= 2, "text and visual prompts"
+    for exp in scenario.train_stream[:2]:
+        strat.train(exp)
+    assert all(p.device.type == device and p.dtype == torch.float32 for p in net.parameters())
+    assert all(not torch.equal(p.detach(), prompts[n]) for n, p in net.named_parameters() if p.requires_grad)
+    assert all(torch.equal(v, frozen[k]) for k, v in net.clip.state_dict().items())
+    logits = net(torch.rand(3, *scenario.train_stream[0].dataset[0][0].shape, device=device))
+    assert logits.shape == (3, len(net.names)) and torch.isfinite(logits).all()

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU check, run ON a lent GPU machine from the repository root (benchmarks/README.md, "GPU"):
+#   bash ../shared/tools/gpu/fetch-wheels.sh                      # here: .whl/ (Python 3.12 wheels)
+#   mkdir -p .gpudata && cp -r ../shared/data/omniglot .gpudata/   # git-ignored, carried
+#   device run: bash benchmarks/gpu_check.sh   carry [".whl", ".gpudata"]
+# Installs the carried wheels and the project, then (each step time-boxed, most important first):
+# the cuda-marked tests; GRAM's regulator cost per prompt step (cuda fp32/bf16, cpu); exact
+# retrieval on cuda and cpu; runner vs plain loop per epoch on cuda and cpu; one Omniglot FSCIL
+# seed of prototype / fscl / raml on cuda; the main job (digits) on cuda and cpu.
+# Everything lands in $OUT/gpu_check.tar (re-packed after every step) and $OUT/steps.log.
+# GPU_DEVICE=cpu QUICK=1 dry-runs the script on a machine without a GPU.
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu_out}; R=/tmp/gpu_check; DATA=${GPU_DATA:-.gpudata}; DEV=${GPU_DEVICE:-cuda}
+mkdir -p "$OUT" "$R"
+export PYTHONUNBUFFERED=1 WANDB_MODE=disabled WANDB_SILENT=true
+step() { echo "== $(date +%T) $*" | tee -a "$OUT/steps.log"; }
+pack() { tar cf "$OUT/gpu_check.tar" --exclude=checkpoints -C "$R" . ; }
+run() {  # run <seconds> <log name> <command...>: time-boxed, logged, packed
+    local t=$1 name=$2; shift 2
+    step "$name: $*"
+    local s=$SECONDS
+    timeout "$t" "$@" > "$R/$name.log" 2>&1; local rc=$?
+    step "$name: rc=$rc in $((SECONDS - s)) s"; tail -4 "$R/$name.log" | tee -a "$OUT/steps.log"
+    pack
+}
+
+if [ -d .whl ] && [ -z "${QUICK:-}" ]; then  # a dry run uses the active environment
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+    python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/proj . || exit 1
+    export PYTHONPATH=/tmp/proj:$PYTHONPATH PATH=/tmp/proj/bin:$PATH
+fi
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1; lscpu | grep "Model name"; nproc
+  python3 -c "import sys, torch, avalanche, open_clip, faiss, avalanche_fscl; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available(), 'avalanche', avalanche.__version__, 'open_clip', open_clip.__version__, 'faiss', faiss.__version__)" || exit 1
+} 2>&1 | tee "$R/env.txt" | tee -a "$OUT/steps.log"
+grep -q "True" "$R/env.txt" || [ "$DEV" = cpu ] || { echo "no CUDA"; exit 1; }
+pack
+
+if [ -n "${QUICK:-}" ]; then STEPS=5; SIZES="2000"; EPOCHS=1; else STEPS=40; SIZES="100000 1000000"; EPOCHS=2; fi
+NT=$(nproc)
+M=avalanche_fscl.benchmarks
+run 150 cuda_tests python3 -m pytest -q -m cuda -rs -p no:cacheprovider tests/
+for ac in none bf16; do
+    a=(); [ $ac = bf16 ] && a=(--autocast bf16)
+    run 60 "regulator_cost_${DEV}_$ac" python3 -m $M.regulator_cost --clip-checkpoint none --steps $STEPS --device "$DEV" "${a[@]}" --out "$R/regulator_cost_${DEV}_$ac.json"
+done
+run 60 regulator_cost_cpu_none python3 -m $M.regulator_cost --clip-checkpoint none --steps $STEPS --threads "$NT" --out "$R/regulator_cost_cpu_none.json"
+run 60 "retrieval_exact_$DEV" python3 -m $M.retrieval_speed --sizes $SIZES --backends exact --device "$DEV" --threads "$NT" --out "$R/retrieval_exact_$DEV"
+run 90 retrieval_exact_cpu python3 -m $M.retrieval_speed --sizes $SIZES --backends exact --threads "$NT" --out "$R/retrieval_exact_cpu"
+for d in "$DEV" cpu; do
+    run 90 "overhead_$d" python3 -m $M.overhead --stream omniglot_fscil --data-root "$DATA" --epochs $EPOCHS --repeats 2 --device "$d" --output "$R/overhead_$d.json"
+done
+if [ -n "${QUICK:-}" ]; then SET=(--set train.base_epochs=1 --set strategy_args.raml.meta_episodes=5 --set strategy_args.fscl.meta_episodes=5); else SET=(); fi
+run 240 "omniglot_$DEV" avalanche-fscl run --config omniglot_fscil --strategy prototype --strategy fscl --strategy raml --seeds 0 \
+    --device "$DEV" --data-root "$DATA" --base-cache off --no-progress --output "$R/omniglot_$DEV" "${SET[@]}"
+for d in "$DEV" cpu; do
+    run 90 "digits_$d" avalanche-fscl run --device "$d" --base-cache off --no-progress --output "$R/digits_$d"
+done
+step done
