@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check, run ON a lent GPU machine from the repository root (benchmarks/README.md, "GPU"):
-#   bash ../shared/tools/gpu/fetch-wheels.sh                      # here: .whl/ (Python 3.12 wheels)
-#   mkdir -p .gpudata && cp -r ../shared/data/omniglot .gpudata/   # git-ignored, carried
-#   device run: bash benchmarks/gpu_check.sh   carry [".whl", ".gpudata"]
+#   bash benchmarks/gpu_wheels.sh      # here: .whl/ (Python 3.12 wheels) and .gpudata/omniglot, git-ignored
+#   device run: bash benchmarks/gpu_check.sh   carry [".whl", ".gpudata"]   timeout_s 540
+# The tracked tree must stay under the 64 MiB a call carries with the wheels (about 47 MB): move
+# models/clip_weights and benchmarks/results aside for the call (nothing here reads them).
 # Installs the carried wheels and the project, then (each step time-boxed, most important first):
 # the cuda-marked tests; GRAM's regulator cost per prompt step (cuda fp32/bf16, cpu); exact
 # retrieval on cuda and cpu; runner vs plain loop per epoch on cuda and cpu; one Omniglot FSCIL
