@@ -31,7 +31,7 @@ def measure(kind: str, steps: int, clip_model: str, clip_checkpoint: str | None,
     clip, _, tok = load_clip(clip_model, clip_checkpoint, device=device)
     net = PromptedCLIP(clip, tok, [f"class {i}" for i in range(100)], input_transform=clip_image_transform(clip),
                        autocast=autocast, **prompt_flags(kind, ctx_init="a photo of a")).to(device)
-    reg = GradientRegulator({n: p.shape[-1] for n, p in net.named_parameters() if not n.startswith("clip.")}).to(device)
+    reg = GradientRegulator({n: p.shape[-1] for n, p in net.named_prompt_parameters()}).to(device)
     opt = torch.optim.SGD(net.prompt_parameters(), lr=0.01, momentum=0.9)
     x, y = torch.rand(32, 3, 64, 64, device=device), torch.randint(0, 100, (32,), device=device)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)

@@ -288,9 +288,9 @@ def meta_train_gram(
     if not net.text_prompt:  # VPT alone: the class embeddings are CLIP's zero-shot ones
         zero_shot = torch.cat([encode_class_names(clip, tokenizer, [n], ("a photo of a {c}.",))
                                for n in corpus.concept_names])
-    widths = {n: p.shape[-1] for n, p in net.named_parameters() if not n.startswith("clip.")}
+    widths = {n: p.shape[-1] for n, p in net.named_prompt_parameters()}
     reg = GradientRegulator(widths, mode=config.regulator, hidden=config.regulator_hidden).to(device)
-    init = [p for n, p in net.named_parameters() if not n.startswith("clip.")]
+    init = net.prompt_parameters()
     opt_p = torch.optim.Adam(init, lr=config.outer_lr)
     opt_r = torch.optim.Adam(reg.parameters(), lr=config.regulator_lr)
     state = {"step": 0, "elapsed_s": 0.0, "history": []}
@@ -333,7 +333,7 @@ def meta_train_gram(
             xs = transform(corpus.images[torch.from_numpy(s_idx)].to(device))
             xq = transform(corpus.images[torch.from_numpy(q_idx)].to(device))
             ys_t, yq_t = torch.from_numpy(ys).to(device), torch.from_numpy(yq).to(device)
-            fast = {n: p for n, p in net.named_parameters() if not n.startswith("clip.")}
+            fast = dict(net.named_prompt_parameters())
             with torch.no_grad():
                 before = F.cross_entropy(_task_logits(net, xq, names, fast, zs), yq_t).item()
             n_sup = config.ways  # the support's classes come first

@@ -92,7 +92,8 @@ class GradientRegulator(nn.Module):
     def regulate_(self, prompts: nn.Module) -> None:
         """Replace, in place, the gradient of every prompt of ``prompts`` (a ``PromptedCLIP``:
         its parameters outside ``clip.``) by its regulated version; call after ``backward()``."""
-        for name, p in prompts.named_parameters():
+        named = getattr(prompts, "named_prompt_parameters", None)
+        for name, p in (named() if named else prompts.named_parameters()):
             if p.grad is not None and not name.startswith("clip."):
                 p.grad.copy_(self(name, p.grad))
 

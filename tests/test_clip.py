@@ -226,6 +226,16 @@ def test_only_prompts_train_clip_frozen_and_not_in_optimizer(clip):
         assert torch.equal(v, before[k]), k
 
 
+def test_named_prompt_parameters_are_the_parameters_outside_clip(clip):
+    for kind in ("coop", "vpt", "unigram"):
+        net = PromptedCLIP(clip[0], clip[1], ["a", "b"], **prompt_flags(kind, ctx_init=None, n_ctx=2))
+        expected = [(n, p) for n, p in net.named_parameters() if not n.startswith("clip.")]
+        got = list(net.named_prompt_parameters())
+        assert [n for n, _ in got] == [n for n, _ in expected] and all(a is b for (_, a), (_, b) in zip(got, expected))
+        assert {"coop": ["ctx"], "vpt": ["vpt"], "unigram": ["ctx", "vpt"]}[kind] == [n for n, _ in got]
+        assert [id(p) for p in net.prompt_parameters()] == [id(p) for _, p in got]
+
+
 def test_growing_classes_and_masking(clip):
     model, tok = clip
     net = PromptedCLIP(model, tok, {0: "cat", 1: "dog"}, class_specific=True, n_ctx=2)
