@@ -396,7 +396,11 @@ def add_parser(sub) -> None:
 
 def run_from_args(args) -> int:
     from ..models.gram import meta_config_overrides
+    from .machine import device_problem
 
+    why = device_problem(args.device)
+    if why:
+        raise ValueError(f"base-to-new: --device {why}")
     run_base_to_new(
         args.output, clip_model=args.clip_model, clip_checkpoint=None if args.clip_checkpoint.lower() == "none" else args.clip_checkpoint, shots=args.shots, seeds=args.seeds,
         methods=args.methods, shift=args.shift, steps=args.steps, lr=args.lr, n_ctx=args.n_ctx, ctx_init=args.ctx_init or None, n_vpt=args.n_vpt,

@@ -101,7 +101,11 @@ def _add_meta_train_gram(sub) -> None:
 
 def _run_meta_train_gram(args) -> int:
     from ..models.gram import GRAMMetaConfig, meta_config_overrides, meta_train_gram
+    from .machine import device_problem
 
+    why = device_problem(args.device)
+    if why:
+        raise ValueError(f"meta-train-gram: --device {why}")
     kw = {"clip_model": args.clip_model, "clip_checkpoint": None if args.clip_checkpoint.lower() == "none" else args.clip_checkpoint, "prompt": args.prompt}
     kw |= meta_config_overrides(args.set, "meta-train-gram --set")
     path = meta_train_gram(GRAMMetaConfig(**kw), args.output, args.data_root, args.device)

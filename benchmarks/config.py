@@ -7,7 +7,6 @@ An unknown key or a value of the wrong type is a :class:`ConfigError` that names
 from __future__ import annotations
 
 import dataclasses
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+
+from .machine import device_problem
 
 __all__ = [
     "ConfigError",
@@ -213,8 +214,9 @@ def _check_values(cfg: RunConfig) -> None:
         raise ConfigError("strategies: at least one strategy is required")
     if len(set(cfg.strategies)) != len(cfg.strategies):
         raise ConfigError(f"strategies: duplicates in {cfg.strategies}")
-    if not (cfg.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", cfg.device) or cfg.device == "mps"):
-        raise ConfigError(f"device: {cfg.device!r} is not allowed; allowed: cpu, cuda, cuda:N, mps")
+    why = device_problem(cfg.device, check_available=False)
+    if why:
+        raise ConfigError(f"device: {why}")
 
 
 def check_light(cfg: RunConfig) -> None:
@@ -236,19 +238,9 @@ def check_light(cfg: RunConfig) -> None:
         raise ConfigError(str(e)) from None
     if cfg.model.backbone not in list_backbones():
         raise ConfigError(f"model.backbone: unknown {cfg.model.backbone!r}; allowed: {', '.join(list_backbones())}")
-    if cfg.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device: {cfg.device!r} requested but torch sees no CUDA GPU on this machine; use --device cpu")
-        index = torch.device(cfg.device).index
-        if index is not None and index >= torch.cuda.device_count():
-            raise ConfigError(f"device: {cfg.device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if cfg.device == "mps":
-        import torch
-
-        if not torch.backends.mps.is_available():
-            raise ConfigError("device: 'mps' requested but torch sees no MPS device on this machine; use --device cpu")
+    why = device_problem(cfg.device)
+    if why:
+        raise ConfigError(f"device: {why}")
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import platform
+import re
 from pathlib import Path
 
-__all__ = ["cpu_model"]
+__all__ = ["cpu_model", "device_problem"]
 
 
 def cpu_model() -> str:
@@ -22,3 +23,28 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def device_problem(device: str, check_available: bool = True) -> str | None:
+    """Why ``device`` cannot run here, as one line naming the value (``None``: it can).
+
+    Allowed: ``cpu``, ``cuda``, ``cuda:N`` (a GPU torch sees) and ``mps``. Every command that
+    takes ``--device`` (and the runner's ``device:`` key) asks this before building anything.
+    ``check_available=False`` checks the spelling only (no torch import).
+    """
+    if not (device in ("cpu", "mps") or re.fullmatch(r"cuda(:\d+)?", device)):
+        return f"{device!r} is not allowed; allowed: cpu, cuda, cuda:N, mps"
+    if device == "cpu" or not check_available:
+        return None
+    import torch
+
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            return "'mps' requested but torch sees no MPS device on this machine; use --device cpu"
+        return None
+    if not torch.cuda.is_available():
+        return f"{device!r} requested but torch sees no CUDA GPU on this machine; use --device cpu"
+    index = torch.device(device).index
+    if index is not None and index >= torch.cuda.device_count():
+        return f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None

@@ -20,6 +20,7 @@ from ..plugins import FSCILMetric
 from ..streams import get_stream
 from ..strategies import SessionSchedule, StrategyContext, create_strategy
 from .io import write_json
+from .machine import device_problem
 from .runner import _env_info
 
 __all__ = ["measure_overhead"]
@@ -103,6 +104,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--output", help="JSON file for the record")
     a = p.parse_args()
+    why = device_problem(a.device)
+    if why:
+        p.error(f"--device {why}")
     if a.threads:
         torch.set_num_threads(a.threads)
     rec = measure_overhead(a.stream, a.backbone, a.epochs, a.batch_size, a.data_root, a.device,

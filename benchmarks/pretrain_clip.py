@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .machine import cpu_model
+from .machine import cpu_model, device_problem
 
 __all__ = ["CLIPRecipe", "load_recipe", "list_recipes", "pretrain_clip", "zero_shot_accuracy", "color_augment", "RECIPE_DIR"]
 
@@ -497,8 +497,9 @@ def run_from_args(args) -> int:
         k, v = item.split("=", 1)
         overrides[k] = yaml.safe_load(v)
     recipe = load_recipe(args.config, **overrides)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"pretrain-clip: --device {args.device}: CUDA is not available here")
+    why = device_problem(args.device)
+    if why:
+        raise ValueError(f"pretrain-clip: --device {why}")
     output = args.output or str(Path("runs") / "clip" / Path(args.config).stem)
     summary = pretrain_clip(recipe, output, args.data_root, args.device, args.max_steps,
                             command="avalanche-fscl " + shlex.join(sys.argv[1:]),

@@ -60,6 +60,7 @@ def measure(kind: str, steps: int, clip_model: str, clip_checkpoint: str | None,
 
 def main(argv=None) -> int:
     from .io import write_json
+    from .machine import device_problem
     from .runner import _env_info
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -71,6 +72,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
+    why = device_problem(a.device)
+    if why:
+        p.error(f"--device {why}")
     torch.set_num_threads(a.threads)
     ckpt = None if a.clip_checkpoint.lower() == "none" else a.clip_checkpoint
     res = {k: measure(k, a.steps, a.clip_model, ckpt, a.device, a.autocast) for k in ("coop", "vpt", "unigram")}

@@ -33,7 +33,7 @@ import torch
 
 from ..retrieval import VectorIndex, create_index
 from .io import write_json, write_text
-from .machine import cpu_model
+from .machine import cpu_model, device_problem
 
 __all__ = ["clustered_data", "run_retrieval_speed", "main"]
 
@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("dim", "queries", "repeats", "clusters", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    why = device_problem(args.device)
+    if why:
+        p.error(f"--device {why}")
     if min(args.sizes) < K:
         p.error(f"--sizes must be >= {K}, got {min(args.sizes)}")
 

@@ -60,6 +60,22 @@ def test_cuda_without_a_gpu(capsys, tmp_path):
     assert "device: 'cuda' requested but torch sees no CUDA GPU on this machine; use --device cpu" in err
 
 
+def test_every_device_flag_is_checked_before_anything_runs(capsys, tmp_path):
+    from avalanche_fscl.benchmarks.machine import device_problem
+
+    assert device_problem("cpu") is None and device_problem("cuda:1", check_available=False) is None
+    for bad in ("gpu", "cuda:x", "CPU", ""):
+        assert device_problem(bad) == f"{bad!r} is not allowed; allowed: cpu, cuda, cuda:N, mps"
+    for cmd in (["pretrain-clip", "--config", "rn_64"], ["meta-train-gram", "--output", str(tmp_path / "m")],
+                ["base-to-new", "--output", str(tmp_path / "b")]):
+        err = _one_line_error(capsys, [*cmd, "--device", "tpu"])
+        assert f"{cmd[0]}: --device 'tpu' is not allowed; allowed: cpu, cuda, cuda:N, mps" in err
+    assert not any(tmp_path.iterdir()), "nothing written"
+    if not torch.cuda.is_available():
+        assert "sees no CUDA GPU" in device_problem("cuda")
+        assert "sees no CUDA GPU" in _one_line_error(capsys, ["pretrain-clip", "--config", "rn_64", "--device", "cuda"])
+
+
 def test_argparse_errors_are_one_line_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", "--wandb", "cloud"])
