@@ -9,10 +9,14 @@
 # retrieval on cuda and cpu; runner vs plain loop per epoch on cuda and cpu; one Omniglot FSCIL
 # seed of prototype / fscl / raml on cuda; the main job (digits) on cuda and cpu.
 # Everything lands in $OUT/gpu_check.tar (re-packed after every step) and $OUT/steps.log.
-# GPU_DEVICE=cpu QUICK=1 dry-runs the script on a machine without a GPU.
+# GPU_DEVICE=cpu QUICK=1 GPU_DATA=../shared/data dry-runs it on a machine without a GPU, in the
+# active environment and with tiny settings (about 3 minutes; a slow test does this). Results go
+# to GPU_CHECK_DIR (default /tmp/gpu_check, which must be empty). Exit status: failed steps.
 set -uo pipefail
-OUT=${OUT:-/tmp/gpu_out}; R=/tmp/gpu_check; DATA=${GPU_DATA:-.gpudata}; DEV=${GPU_DEVICE:-cuda}
+OUT=${OUT:-/tmp/gpu_out}; R=${GPU_CHECK_DIR:-/tmp/gpu_check}; DATA=${GPU_DATA:-.gpudata}; DEV=${GPU_DEVICE:-cuda}
+if [ -d "$R" ] && [ -n "$(ls -A "$R")" ]; then echo "gpu_check: $R is not empty (GPU_CHECK_DIR)"; exit 2; fi
 mkdir -p "$OUT" "$R"
+FAILED=0
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled WANDB_SILENT=true
 step() { echo "== $(date +%T) $*" | tee -a "$OUT/steps.log"; }
 pack() { tar cf "$OUT/gpu_check.tar" --exclude=checkpoints -C "$R" . ; }
@@ -21,6 +25,7 @@ run() {  # run <seconds> <log name> <command...>: time-boxed, logged, packed
     step "$name: $*"
     local s=$SECONDS
     timeout "$t" "$@" > "$R/$name.log" 2>&1; local rc=$?
+    [ $rc = 0 ] || FAILED=$((FAILED + 1))
     step "$name: rc=$rc in $((SECONDS - s)) s"; tail -4 "$R/$name.log" | tee -a "$OUT/steps.log"
     pack
 }
@@ -37,7 +42,11 @@ fi
 grep -q "True" "$R/env.txt" || [ "$DEV" = cpu ] || { echo "no CUDA"; exit 1; }
 pack
 
-if [ -n "${QUICK:-}" ]; then STEPS=5; SIZES="2000"; EPOCHS=1; else STEPS=40; SIZES="100000 1000000"; EPOCHS=2; fi
+if [ -n "${QUICK:-}" ]; then STEPS=5; SIZES="2000"; EPOCHS=1; REPEATS=1
+    SET=(--set stream.args.sessions=2 --set stream.args.base_classes=100 --set train.base_epochs=1
+         --set strategy_args.raml.meta_episodes=5 --set strategy_args.fscl.meta_episodes=5)
+else STEPS=40; SIZES="100000 1000000"; EPOCHS=2; REPEATS=2; SET=(); fi
+DEVICES=("$DEV"); [ "$DEV" = cpu ] || DEVICES+=(cpu)  # the CPU reference rows, same call
 NT=$(nproc)
 M=avalanche_fscl.benchmarks
 run 150 cuda_tests python3 -m pytest -q -m cuda -rs -p no:cacheprovider tests/
@@ -45,16 +54,17 @@ for ac in none bf16; do
     a=(); [ $ac = bf16 ] && a=(--autocast bf16)
     run 60 "regulator_cost_${DEV}_$ac" python3 -m $M.regulator_cost --clip-checkpoint none --steps $STEPS --device "$DEV" "${a[@]}" --out "$R/regulator_cost_${DEV}_$ac.json"
 done
-run 60 regulator_cost_cpu_none python3 -m $M.regulator_cost --clip-checkpoint none --steps $STEPS --threads "$NT" --out "$R/regulator_cost_cpu_none.json"
-run 60 "retrieval_exact_$DEV" python3 -m $M.retrieval_speed --sizes $SIZES --backends exact --device "$DEV" --threads "$NT" --out "$R/retrieval_exact_$DEV"
-run 90 retrieval_exact_cpu python3 -m $M.retrieval_speed --sizes $SIZES --backends exact --threads "$NT" --out "$R/retrieval_exact_cpu"
-for d in "$DEV" cpu; do
-    run 90 "overhead_$d" python3 -m $M.overhead --stream omniglot_fscil --data-root "$DATA" --epochs $EPOCHS --repeats 2 --device "$d" --output "$R/overhead_$d.json"
+[ "$DEV" = cpu ] || run 60 regulator_cost_cpu_none python3 -m $M.regulator_cost --clip-checkpoint none --steps $STEPS --threads "$NT" --out "$R/regulator_cost_cpu_none.json"
+for d in "${DEVICES[@]}"; do
+    run 90 "retrieval_exact_$d" python3 -m $M.retrieval_speed --sizes $SIZES --backends exact --device "$d" --threads "$NT" --out "$R/retrieval_exact_$d"
 done
-if [ -n "${QUICK:-}" ]; then SET=(--set train.base_epochs=1 --set strategy_args.raml.meta_episodes=5 --set strategy_args.fscl.meta_episodes=5); else SET=(); fi
+for d in "${DEVICES[@]}"; do
+    run 90 "overhead_$d" python3 -m $M.overhead --stream omniglot_fscil --data-root "$DATA" --epochs $EPOCHS --repeats $REPEATS --device "$d" --output "$R/overhead_$d.json"
+done
 run 240 "omniglot_$DEV" avalanche-fscl run --config omniglot_fscil --strategy prototype --strategy fscl --strategy raml --seeds 0 \
     --device "$DEV" --data-root "$DATA" --base-cache off --no-progress --output "$R/omniglot_$DEV" "${SET[@]}"
-for d in "$DEV" cpu; do
+for d in "${DEVICES[@]}"; do
     run 90 "digits_$d" avalanche-fscl run --device "$d" --base-cache off --no-progress --output "$R/digits_$d"
 done
-step done
+step "done: $FAILED failed step(s)"
+exit $((FAILED > 0))
