@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -14,7 +15,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.models.dynamic_optimizers import update_optimizer
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from ..plugins._session import training_session
 
@@ -101,6 +102,12 @@ class FSCILStrategy(SupervisedTemplate):
             draws as samples), so 5-shot classes are not drowned by thousands of base samples.
         channels_last: keep the model's conv weights and every 4-D input batch in
             ``torch.channels_last`` layout (about 1.8x faster convolutions on CPU here).
+        materialize_mb: hold a session's training samples as one tensor on ``device`` (at most
+            this many MiB; 0: never) when their transform is deterministic, so an epoch slices
+            batches instead of loading every sample through Avalanche's dataset layers (about
+            3.5 ms of host time per batch of 128: most of the runner's cost over a plain loop on
+            a GPU). The batches, their order and the random numbers drawn are those of the
+            per-sample path, bit for bit; randomly augmented data always takes that path.
 
     Attributes:
         session: the session being trained (during evaluation: the last one trained;
@@ -126,6 +133,7 @@ class FSCILStrategy(SupervisedTemplate):
         cumulative: bool = False,
         balanced: bool = False,
         channels_last: bool = False,
+        materialize_mb: float = 1024,
         **kwargs,
     ):
         self.schedule = schedule or SessionSchedule()
@@ -153,6 +161,10 @@ class FSCILStrategy(SupervisedTemplate):
         self._total_steps = 0
         self._built_params = {id(p) for p in self.model.parameters()}
         self.channels_last = channels_last
+        if materialize_mb < 0:
+            raise ValueError(f"materialize_mb={materialize_mb!r}: must be >= 0 (0: never)")
+        self.materialize_mb = materialize_mb
+        self.materialized = False  # whether the current session's batches are slices of one tensor
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
 
@@ -192,8 +204,13 @@ class FSCILStrategy(SupervisedTemplate):
         # A trailing batch of one sample breaks BatchNorm in training mode: drop just that one.
         n = len(self.adapted_dataset)
         kwargs["drop_last"] = n > self.train_mb_size and n % self.train_mb_size == 1
+        self.materialized = False
         if not self.balanced or self.session == 0:  # the base session trains as every strategy does
-            return super().make_train_dataloader(**kwargs)
+            super().make_train_dataloader(**kwargs)
+            fast = _materialize(self.dataloader, self.device, self.materialize_mb)
+            if fast is not None:
+                self.dataloader, self.materialized = fast, True
+            return
         labels = np.asarray(list(self.adapted_dataset.targets), dtype=np.int64)
         weights = 1.0 / np.bincount(labels)[labels]
         # Draws from torch's global RNG, which the runner seeds per (seed, session).
@@ -238,3 +255,61 @@ class FSCILStrategy(SupervisedTemplate):
             group["lr"] = lr
         self._step += 1
         super().optimizer_step()
+
+
+class _Rows(Dataset):
+    """A session's samples held as tensors; ``__getitems__`` slices a whole batch at once."""
+
+    def __init__(self, columns: list[torch.Tensor]):
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def __getitem__(self, i: int):
+        return [c[i] for c in self.columns]
+
+    def __getitems__(self, idx: list[int]) -> list[torch.Tensor]:
+        idx = torch.as_tensor(idx, device=self.columns[0].device)
+        return [c[idx] for c in self.columns]
+
+
+def _batch_as_is(batch):
+    return batch
+
+
+def _materialize(loader, device: torch.device, max_mb: float):
+    """A ``DataLoader`` that yields ``loader``'s batches as slices of tensors built once from its
+    dataset, when the items are deterministic and fit ``max_mb``; else ``None``.
+
+    It reuses ``loader``'s batch sampler, so the same indices come in the same order and the
+    same random numbers are drawn. Deterministic means: the same items twice for a few probes,
+    with the random generators restored afterwards (a random transform differs, and must not
+    consume draws here).
+    """
+    if max_mb <= 0 or type(loader) is not DataLoader or loader.batch_sampler is None or loader.num_workers > 0:
+        return None
+    ds = loader.dataset
+    n = len(ds)
+    if n == 0:
+        return None
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    try:
+        probe = sorted({0, n // 3, (2 * n) // 3, n - 1})
+        first, again = [ds[i] for i in probe], [ds[i] for i in probe]
+        same = all(len(a) == len(b) and all(torch.equal(torch.as_tensor(u), torch.as_tensor(v)) for u, v in zip(a, b))
+                   for a, b in zip(first, again))
+        x0 = torch.as_tensor(first[0][0])
+        if not same or x0.numel() * x0.element_size() * n > max_mb * 2**20:
+            return None
+        items = [ds[i] for i in range(n)]
+    finally:
+        torch.set_rng_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])
+    columns = loader.collate_fn(items)  # the per-sample path's own collation, over every item at once
+    if not isinstance(columns, (list, tuple)) or not all(torch.is_tensor(c) and len(c) == n for c in columns):
+        return None
+    rows = _Rows([c.to(device) for c in columns])
+    return DataLoader(rows, batch_sampler=loader.batch_sampler, collate_fn=_batch_as_is,
+                      pin_memory=False)  # the rows are on the device already, or it is the CPU

@@ -213,6 +213,76 @@ def test_balanced_batches_only_in_incremental_sessions():
     assert share[False] < 0.05 and share[True] > 0.2, share
 
 
+class _BatchRecorder(SupervisedPlugin):
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def before_forward(self, strategy, **kwargs):
+        self.batches.append([t.detach().clone() for t in strategy.mbatch])
+
+
+def _train_sessions(scenario, materialize_mb: float, sessions=(0, 1)):
+    rec = _BatchRecorder()
+    model = make_spec("finetune").build_model(StrategyContext(scenario, seed=0))
+    strategy = FSCILStrategy(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                             schedule=SessionSchedule(2, 0.1, 3, 0.01), plugins=[rec], train_mb_size=32,
+                             materialize_mb=materialize_mb)
+    flags = []
+    for s in sessions:
+        torch.manual_seed(s)
+        strategy.train(scenario.train_stream[s])
+        flags.append(strategy.materialized)
+    return rec.batches, model.state_dict(), torch.get_rng_state(), flags
+
+
+def _assert_same_training(a, b):
+    assert len(a[0]) == len(b[0]) > 0
+    assert all(len(x) == len(y) == 3 and all(torch.equal(u, v) for u, v in zip(x, y)) for x, y in zip(a[0], b[0]))
+    assert all(torch.equal(a[1][k], b[1][k]) for k in b[1]), "same weights"
+    assert torch.equal(a[2], b[2]), "same random numbers drawn"
+
+
+def test_materialized_sessions_train_bit_identically_and_random_transforms_never_materialize():
+    from avalanche_fscl.streams import RandomCropFlip, ToFloatNormalize, TensorImageDataset, fscil_benchmark
+
+    scenario = digits_fscil(seed=0)
+    per_sample, sliced = _train_sessions(scenario, 0), _train_sessions(scenario, 1024)
+    assert per_sample[3] == [False, False] and sliced[3] == [True, True]
+    _assert_same_training(per_sample, sliced)
+    assert _train_sessions(scenario, 1e-3, sessions=(0,))[3] == [False], "over the budget: per-sample"
+    with pytest.raises(ValueError, match=r"materialize_mb=-1: must be >= 0"):
+        FSCILStrategy(model=torch.nn.Linear(2, 2), optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1),
+                      materialize_mb=-1)
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 256, (120, 1, 8, 8), dtype=torch.uint8, generator=g), torch.arange(120) % 6
+    norm = ToFloatNormalize([0.5], [0.25])
+    augmented = fscil_benchmark(TensorImageDataset(x, y), TensorImageDataset(x, y), base_classes=4, ways=2, shots=5, seed=0,
+                                train_transform=lambda t: RandomCropFlip(padding=2)(norm(t)), eval_transform=norm)
+    per_sample, probed = _train_sessions(augmented, 0), _train_sessions(augmented, 1024)
+    assert probed[3] == [False, False], "a random transform is detected and keeps the per-sample path"
+    _assert_same_training(per_sample, probed)  # the probe restored every generator it drew from
+
+
+@pytest.mark.cuda
+def test_materialized_session_lives_on_the_gpu_and_gives_the_same_batches():
+    scenario = digits_fscil(seed=0)
+    runs = {}
+    for mb in (0, 1024):
+        rec = _BatchRecorder()
+        model = make_spec("finetune").build_model(StrategyContext(scenario, seed=0))
+        strategy = FSCILStrategy(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                                 schedule=SessionSchedule(2, 0.1, 3, 0.01), plugins=[rec], train_mb_size=32,
+                                 device="cuda", materialize_mb=mb)
+        torch.manual_seed(0)
+        strategy.train(scenario.train_stream[0])
+        runs[mb] = (rec.batches, strategy.materialized, strategy.dataloader)
+    assert runs[1024][1] and not runs[0][1]
+    assert all(t.is_cuda for t in runs[1024][2].dataset.columns)
+    assert all(torch.equal(u, v) for x, y in zip(runs[0][0], runs[1024][0]) for u, v in zip(x, y))
+
+
 def test_a_plugin_only_method_shares_the_baselines_base_session(tmp_path):
     data = own_config(tmp_path)
     data.update(strategies=["finetune", "fscl_no_meta"], columns={}, wandb={"mode": "off"})
