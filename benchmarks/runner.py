@@ -179,6 +179,7 @@ class _Run:
         self.strategy: FSCILStrategy = create_strategy(
             self.spec, self.ctx, model=model, spec_plugins=self.plugins, train_mb_size=t.batch_size,
             eval_mb_size=t.eval_batch_size, evaluator=evaluator, channels_last=t.channels_last,
+            materialize_mb=t.materialize_mb,
         )
         self.base_cache = self._base_cache()
         self.base_info: dict[str, Any] | None = None

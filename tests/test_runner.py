@@ -276,6 +276,7 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, sig, stat
         ({"train": {"batch_size": 0}}, r"train\.batch_size: must be >= 1"),
         ({"base_cache": "/tmp/x"}, r"base_cache: '/tmp/x' is not allowed; allowed: 'on' \| 'off' \| 'refresh'"),
         ({"num_threads": 0}, r"num_threads: must be >= 1 or null, got 0"),
+        ({"train": {"materialize_mb": -1}}, r"train\.materialize_mb: must be >= 0, got -1"),
     ],
 )
 def test_config_validation_errors_name_the_key(tmp_path, change, match):
@@ -425,3 +426,16 @@ def test_cpu_model_reads_proc_cpuinfo(monkeypatch, tmp_path):
     monkeypatch.setattr(machine, "Path", lambda p: real(tmp_path / "missing"))
     monkeypatch.setattr(machine.platform, "processor", lambda: "")
     assert machine.cpu_model() == machine.platform.machine()
+
+
+def test_train_materialize_mb_reaches_the_strategies_and_changes_no_number(tmp_path):
+    """The runner's ``train.materialize_mb`` (default on): the same tables as per-sample loading,
+    for a plain strategy, a cumulative one and one whose plugin replaces the loader (replay)."""
+    tables = {}
+    for mb in (0, 1024):
+        cfg = config_from_dict(quick_config(tmp_path / str(mb), train={**QUICK["train"], "materialize_mb": mb},
+                                            strategies=["finetune", "joint", "replay"]))
+        assert cfg.train.materialize_mb == mb
+        out = run_benchmark(cfg, command="pytest", progress=False, log=lambda *_: None)
+        tables[mb] = {r["strategy"]: r["table"] for r in out["runs"]}
+    assert set(tables[0]) == {"finetune", "joint", "replay"} and tables[0] == tables[1024]
