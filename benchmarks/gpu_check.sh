@@ -60,7 +60,8 @@ for d in "${DEVICES[@]}"; do
 done
 for d in "${DEVICES[@]}"; do
     run 90 "overhead_$d" python3 -m $M.overhead --stream omniglot_fscil --data-root "$DATA" --epochs $EPOCHS --repeats $REPEATS --device "$d" --output "$R/overhead_$d.json"
-done
+done  # and the per-sample path on the device, for the materialised sessions' gain there:
+run 90 "overhead_${DEV}_per_sample" python3 -m $M.overhead --stream omniglot_fscil --data-root "$DATA" --epochs $EPOCHS --repeats $REPEATS --device "$DEV" --materialize-mb 0 --output "$R/overhead_${DEV}_per_sample.json"
 run 240 "omniglot_$DEV" avalanche-fscl run --config omniglot_fscil --strategy prototype --strategy fscl --strategy raml --seeds 0 \
     --device "$DEV" --data-root "$DATA" --base-cache off --no-progress --output "$R/omniglot_$DEV" "${SET[@]}"
 for d in "${DEVICES[@]}"; do

@@ -33,8 +33,9 @@ def _model(backbone: str, in_channels: int, n_classes: int, seed: int) -> FSCILN
 
 def measure_overhead(stream: str, backbone: str, epochs: int, batch_size: int, data_root: str | None,
                      device: str = "cpu", seed: int = 0, stream_args: dict | None = None,
-                     repeats: int = 2) -> dict:
-    """Seconds per epoch of the base session: runner strategy vs. plain loop, and the ratio."""
+                     repeats: int = 2, materialize_mb: float = 1024) -> dict:
+    """Seconds per epoch of the base session: runner strategy vs. plain loop, and the ratio.
+    ``materialize_mb``: the runner strategy's (0: Avalanche's per-sample loading)."""
     sc = get_stream(stream, data_root=data_root, seed=seed, **(stream_args or {}))
     exp = sc.train_stream[0]
     in_ch = exp.dataset[0][0].shape[0]
@@ -70,7 +71,7 @@ def measure_overhead(stream: str, backbone: str, epochs: int, batch_size: int, d
         strategy = create_strategy(
             "finetune", StrategyContext(sc, seed=seed, device=device), model=model, optimizer=opt,
             train_mb_size=batch_size, schedule=SessionSchedule(base_epochs=epochs, base_lr=0.1),
-            evaluator=evaluator,
+            evaluator=evaluator, materialize_mb=materialize_mb,
         )
         t0 = time.perf_counter()
         strategy.train(exp)
@@ -88,6 +89,7 @@ def measure_overhead(stream: str, backbone: str, epochs: int, batch_size: int, d
         "stream": stream, "backbone": backbone, "epochs": epochs, "batch_size": batch_size,
         "samples": len(y), "plain_s_per_epoch": plain, "runner_s_per_epoch": runner,
         "ratio": runner / plain, "repeats": times, "torch_threads": torch.get_num_threads(),
+        "materialize_mb": materialize_mb,
         "environment": _env_info(device),
     }
 
@@ -102,6 +104,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats (minimum reported)")
     p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--materialize-mb", type=float, default=1024,
+                   help="the runner strategy's materialize_mb (0: per-sample loading, as before 2026-12-04)")
     p.add_argument("--output", help="JSON file for the record")
     a = p.parse_args()
     why = device_problem(a.device)
@@ -109,8 +113,10 @@ def main() -> None:
         p.error(f"--device {why}")
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.materialize_mb < 0:
+        p.error(f"--materialize-mb must be >= 0, got {a.materialize_mb:g}")
     rec = measure_overhead(a.stream, a.backbone, a.epochs, a.batch_size, a.data_root, a.device,
-                           repeats=a.repeats)
+                           repeats=a.repeats, materialize_mb=a.materialize_mb)
     print(f"{a.stream} / {a.backbone}: plain {rec['plain_s_per_epoch']:.2f} s/epoch, "
           f"runner {rec['runner_s_per_epoch']:.2f} s/epoch, ratio {rec['ratio']:.3f}")
     if a.output:

@@ -39,7 +39,7 @@ def test_gpu_check_dry_runs_every_step_on_the_cpu(tmp_path, data_root):
     res = _run(tmp_path, tmp_path / "check", GPU_DEVICE="cpu", QUICK="1", GPU_DATA=str(data_root))
     steps = (tmp_path / "out" / "steps.log").read_text()
     assert res.returncode == 0, steps
-    assert "done: 0 failed step(s)" in steps and steps.count("rc=0") == 7
+    assert "done: 0 failed step(s)" in steps and steps.count("rc=0") == 8
     with tarfile.open(tmp_path / "out" / "gpu_check.tar") as tar:
         names = set(tar.getnames())
         read = lambda name: json.load(tar.extractfile(f"./{name}"))  # noqa: E731
@@ -50,7 +50,9 @@ def test_gpu_check_dry_runs_every_step_on_the_cpu(tmp_path, data_root):
         cost = read("regulator_cost_cpu_bf16.json")
         assert {"coop", "vpt", "unigram"} <= set(cost) and cost["machine"]["autocast"] == "bf16"
         assert all(cost[k]["plain_s"] > 0 and cost[k]["ratio"] > 0 for k in ("coop", "vpt", "unigram"))
-        assert read("overhead_cpu.json")["runner_s_per_epoch"] > 0
+        sliced, per_sample = read("overhead_cpu.json"), read("overhead_cpu_per_sample.json")
+        assert sliced["materialize_mb"] == 1024 and per_sample["materialize_mb"] == 0
+        assert sliced["runner_s_per_epoch"] > 0 and per_sample["runner_s_per_epoch"] > 0
         rows = read("retrieval_exact_cpu/results.json")["rows"]
         assert [(r["size"], r["backend"], r["recall_at_10"]) for r in rows] == [(2000, "exact", 1.0)]
         omniglot = read("omniglot_cpu/results.json")
