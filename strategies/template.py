@@ -104,9 +104,9 @@ class FSCILStrategy(SupervisedTemplate):
             ``torch.channels_last`` layout (about 1.8x faster convolutions on CPU here).
         materialize_mb: hold a session's training samples as one tensor on ``device`` (at most
             this many MiB; 0: never) when their transform is deterministic, so an epoch slices
-            batches instead of loading every sample through Avalanche's dataset layers (about
-            3.5 ms of host time per batch of 128: most of the runner's cost over a plain loop on
-            a GPU). The batches, their order and the random numbers drawn are those of the
+            batches instead of loading every sample through Avalanche's dataset layers (2-3.5 ms
+            of host time per batch of 128 on one CPU thread: most of the runner's cost over a
+            plain loop on a GPU). The batches, their order and the random numbers drawn are those of the
             per-sample path, bit for bit; randomly augmented data always takes that path.
 
     Attributes:
