@@ -439,3 +439,15 @@ def test_train_materialize_mb_reaches_the_strategies_and_changes_no_number(tmp_p
         out = run_benchmark(cfg, command="pytest", progress=False, log=lambda *_: None)
         tables[mb] = {r["strategy"]: r["table"] for r in out["runs"]}
     assert set(tables[0]) == {"finetune", "joint", "replay"} and tables[0] == tables[1024]
+
+
+def test_overhead_host_probe_measures_both_loading_paths():
+    from avalanche_fscl.benchmarks.overhead import _model, measure_overhead
+
+    probe = _model("host_probe", (1, 8, 8), 10, seed=0)
+    assert sum(p.numel() for p in probe.backbone.parameters()) == 64 * 16 + 16  # one 16-unit linear layer
+    recs = {mb: measure_overhead("digits_fscil", "host_probe", epochs=1, batch_size=32, data_root=None, repeats=1,
+                                 materialize_mb=mb) for mb in (0, 1024)}
+    for mb, rec in recs.items():
+        assert rec["materialize_mb"] == mb and rec["backbone"] == "host_probe"
+        assert rec["plain_s_per_epoch"] > 0 and rec["ratio"] == pytest.approx(rec["runner_s_per_epoch"] / rec["plain_s_per_epoch"])
