@@ -172,6 +172,7 @@ def run_base_to_new(
     validation: bool = False,
     meta: Mapping[str, Any] | None = None,
     clip_grad: float | None = None,
+    autocast: str | None = None,
     report_only: bool = False,
     command: str | None = None,
 ) -> dict[str, Any]:
@@ -183,11 +184,14 @@ def run_base_to_new(
     CIFAR-10 image is used (GRAM meta-trains on labels 0-49 there).
 
     ``clip_grad`` bounds the global L2 norm of each prompt update's gradient (``None``: no
-    clipping, as the recorded tables).
+    clipping, as the recorded tables). ``autocast`` (``"bf16"``/``"fp16"``; ``None``: fp32, as the
+    recorded tables) runs the CLIP towers under mixed precision, in prompt tuning and in GRAM's
+    meta-training.
 
     ``meta`` overrides GRAM's meta-training settings (:class:`GRAMMetaConfig` fields; by default
     ``inner_lr = lr`` and ``episodes = meta_episodes``). ``report_only`` rewrites the summary
     (results.json, results.md) from the stored cells without running anything."""
+    from ..models.amp import check_autocast
     from ..models.clip import clip_image_transform, load_clip
     from ..models.gram import GRAMMetaConfig, build_regulator, load_gram_checkpoint, meta_train_gram, prompt_flags
     from ..models.prompts import PromptedCLIP
@@ -201,8 +205,9 @@ def run_base_to_new(
     apply_shift(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), shift)
     if clip_grad is not None and not clip_grad > 0:
         raise ValueError(f"clip_grad={clip_grad!r}: must be > 0 (or None for no clipping)")
+    check_autocast(autocast)
     meta = dict(meta or {})
-    fixed = {"clip_model", "clip_checkpoint", "prompt", "n_ctx", "ctx_init", "n_vpt", "vpt_deep", "tiny_classes"}
+    fixed = {"clip_model", "clip_checkpoint", "prompt", "n_ctx", "ctx_init", "n_vpt", "vpt_deep", "tiny_classes", "autocast"}
     bad = sorted((set(meta) - set(GRAMMetaConfig.__dataclass_fields__)) | (set(meta) & fixed))
     if bad:
         raise ValueError(f"meta={bad}: not settable here; allowed: "
@@ -217,6 +222,8 @@ def run_base_to_new(
         settings["meta"] = meta
     if clip_grad is not None:  # likewise
         settings["clip_grad"] = clip_grad
+    if autocast is not None:
+        settings["autocast"] = autocast
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {"settings": settings, "cells": {}}
     if results["settings"] != settings:
@@ -254,7 +261,7 @@ def run_base_to_new(
     metas = {}
     for kind in sorted({_KIND[m] for m in methods if _is_gram(m)}):
         mdir = out / "meta" / kind
-        kw = {"inner_lr": lr, "episodes": meta_episodes, "threads": threads} | meta
+        kw = {"inner_lr": lr, "episodes": meta_episodes, "threads": threads, "autocast": autocast} | meta
         cfg = GRAMMetaConfig(clip_model=clip_model, clip_checkpoint=None if clip_checkpoint is None else str(clip_checkpoint), prompt=kind, n_ctx=n_ctx,
                              ctx_init=ctx_init, n_vpt=n_vpt, vpt_deep=vpt_deep, tiny_classes=base, **kw)
         if not (mdir / "gram.pt").exists():
@@ -271,7 +278,8 @@ def run_base_to_new(
         kind = _KIND[method]
         flags = prompt_flags(kind, n_ctx=n_ctx, ctx_init=ctx_init, n_vpt=n_vpt, vpt_deep=vpt_deep) if kind else {
             "text_prompt": False, "visual_prompt": False}
-        net = PromptedCLIP(clip, tokenizer, {c: names[c] for c in base}, input_transform=to_clip, seed=seed, **flags)
+        net = PromptedCLIP(clip, tokenizer, {c: names[c] for c in base}, input_transform=to_clip, seed=seed,
+                           autocast=autocast, **flags)
         reg = None
         if _is_gram(method):
             if not method.endswith("_noinit"):
@@ -389,6 +397,7 @@ def add_parser(sub) -> None:
     p.add_argument("--meta-set", action="append", default=[], metavar="KEY=VALUE",
                    help="a GRAM meta-training setting (GRAMMetaConfig field), e.g. --meta-set inner_steps=5")
     p.add_argument("--clip-grad", type=float, help="clip each prompt gradient to this global L2 norm (default: no clipping)")
+    p.add_argument("--autocast", choices=["bf16", "fp16"], help="mixed precision for the CLIP towers (default: fp32)")
     p.add_argument("--report-only", action="store_true", help="rewrite results.md from the stored cells; run nothing")
     p.add_argument("--validation", action="store_true",
                    help="the hyper-parameter split: labels 0-49 base / 50-99 new, shot-pool images only (no test image)")
@@ -405,7 +414,7 @@ def run_from_args(args) -> int:
         args.output, clip_model=args.clip_model, clip_checkpoint=None if args.clip_checkpoint.lower() == "none" else args.clip_checkpoint, shots=args.shots, seeds=args.seeds,
         methods=args.methods, shift=args.shift, steps=args.steps, lr=args.lr, n_ctx=args.n_ctx, ctx_init=args.ctx_init or None, n_vpt=args.n_vpt,
         vpt_deep=args.vpt_deep, meta_episodes=args.meta_episodes, data_root=args.data_root, device=args.device,
-        threads=args.threads, validation=args.validation, meta=meta_config_overrides(args.meta_set, "base-to-new --meta-set"), clip_grad=args.clip_grad, report_only=args.report_only, command="avalanche-fscl " + shlex.join(sys.argv[1:]),
+        threads=args.threads, validation=args.validation, meta=meta_config_overrides(args.meta_set, "base-to-new --meta-set"), clip_grad=args.clip_grad, autocast=args.autocast, report_only=args.report_only, command="avalanche-fscl " + shlex.join(sys.argv[1:]),
     )
     print(f"results: {Path(args.output) / 'results.md'}")
     return 0

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .amp import check_autocast
 from .prompts import PromptedCLIP
 from .regulator import REGULATOR_MODES, GradientRegulator
 
@@ -87,6 +88,8 @@ class GRAMMetaConfig:
         downstream ``clip_grad``); ``None`` (default): no clipping.
     first_order: treat the support gradient as a constant (default) or keep its graph.
     outer_lr, regulator_lr: Adam learning rates; clip_grad: max grad norm of each.
+    autocast: ``None`` (fp32), ``"bf16"`` or ``"fp16"``: the CLIP towers' forward passes under
+        ``torch.autocast`` (prompts, regulator and logits stay fp32), as ``PromptedCLIP``'s.
     threads: CPU threads (0 = torch's default); checkpoint_minutes: wall minutes between checkpoints.
     """
 
@@ -117,6 +120,7 @@ class GRAMMetaConfig:
     regulator_lr: float = 1e-3
     clip_grad: float = 1.0
     seed: int = 0
+    autocast: str | None = None
     threads: int = 0
     checkpoint_minutes: float = 5.0
 
@@ -134,6 +138,7 @@ class GRAMMetaConfig:
             raise ValueError(f"ways={self.ways!r} must be >= 2")
         if self.query_new < 0:
             raise ValueError(f"query_new={self.query_new!r} must be >= 0")
+        check_autocast(self.autocast)
         if self.inner_clip_grad is not None and not self.inner_clip_grad > 0:
             raise ValueError(f"inner_clip_grad={self.inner_clip_grad!r} must be > 0 (or None for no clipping)")
 
@@ -228,9 +233,10 @@ class GRAMTaskSampler:
 
 def _task_logits(net: PromptedCLIP, x: Tensor, names: Sequence[str], prompts: Mapping[str, Tensor],
                  zero_shot: Tensor | None) -> Tensor:
-    img = net.image_features(x, prompts.get("vpt"))
-    txt = net.encode_prompted_text(prompts["ctx"], names) if net.text_prompt else zero_shot
-    return net.clip.logit_scale.exp().float() * img @ txt.T
+    with net.amp():
+        img = net.image_features(x, prompts.get("vpt"))
+        txt = net.encode_prompted_text(prompts["ctx"], names) if net.text_prompt else zero_shot
+    return net.clip.logit_scale.exp().float() * img.float() @ txt.float().T
 
 
 @torch.no_grad()
@@ -274,7 +280,7 @@ def meta_train_gram(
     torch.manual_seed(config.seed)  # a CLIP without checkpoint is initialised from it
     clip, _, tokenizer = load_clip(config.clip_model, config.clip_checkpoint, device=device)
     flags = prompt_flags(config.prompt, config.n_ctx, config.ctx_init, config.n_vpt, config.vpt_deep)
-    net = PromptedCLIP(clip, tokenizer, seed=config.seed, **flags).to(device)
+    net = PromptedCLIP(clip, tokenizer, seed=config.seed, autocast=config.autocast, **flags).to(device)
     transform = clip_image_transform(clip)
     if corpus is None:
         corpus = caption_corpus(data_root, config.sources, tiny_classes=config.tiny_classes)

@@ -456,6 +456,21 @@ def test_meta_training_resumes_exactly_and_learns_a_regulator(tmp_path):
     assert torch.equal(again["prompts"]["ctx"], straight["prompts"]["ctx"])
 
 
+def test_meta_training_under_bf16_autocast_learns_in_fp32_tensors(tmp_path):
+    cfg = dict(clip_model=TEST_MODEL, prompt="unigram", topics=1, domains=2, ways=2, shots=2, queries=3,
+               episodes=3, meta_batch=2, inner_lr=0.5, regulator_lr=0.01)
+    plain = load_gram_checkpoint(meta_train_gram(GRAMMetaConfig(**cfg), tmp_path / "fp32", corpus=_toy_corpus(), progress=False))
+    mixed = load_gram_checkpoint(meta_train_gram(GRAMMetaConfig(**cfg, autocast="bf16"), tmp_path / "bf16",
+                                                 corpus=_toy_corpus(), progress=False))
+    assert mixed["config"]["autocast"] == "bf16" and plain["config"]["autocast"] is None
+    for k, v in mixed["prompts"].items():
+        assert v.dtype == torch.float32 and torch.isfinite(v).all()
+        assert not torch.equal(v, plain["prompts"][k]), "bf16 forward passes give other (rounded) updates"
+        assert torch.allclose(v, plain["prompts"][k], atol=0.05), "but the same learning, up to bf16 rounding"
+    with pytest.raises(ValueError, match=r"autocast='half'; allowed: None, 'bf16', 'fp16'"):
+        GRAMMetaConfig(autocast="half")
+
+
 def test_meta_config_bad_arguments():
     with pytest.raises(ValueError, match="prompt='text'; allowed: coop, vpt, unigram"):
         GRAMMetaConfig(prompt="text")
@@ -543,6 +558,10 @@ def test_base_to_new_rejects_meta_settings_it_fixes_itself(tmp_path):
         run_base_to_new(tmp_path, meta={"bogus": 1})
     with pytest.raises(ValueError, match=r"methods \['gram_coop_noregs'\]; allowed: .*gram_coop_noreg, gram_coop_noinit"):
         run_base_to_new(tmp_path, methods=["gram_coop_noregs"])
+    with pytest.raises(ValueError, match=r"autocast='fp8'; allowed: None, 'bf16', 'fp16'"):
+        run_base_to_new(tmp_path, autocast="fp8")
+    with pytest.raises(ValueError, match=r"meta=\['autocast'\]: not settable here"):  # --autocast sets both
+        run_base_to_new(tmp_path, meta={"autocast": "bf16"})
     assert not any(tmp_path.iterdir())  # nothing written before the arguments are checked
 
 
