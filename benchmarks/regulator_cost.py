@@ -5,7 +5,8 @@
 For each prompt kind (coop, vpt, unigram) on the kept CLIP, times ``--steps`` prompt-tuning
 steps (batch 32, 100 classes, 64 px) without and with a (meta-trained-size) regulator,
 alternating blocks so that machine noise hits both alike; reports the median step time and
-the ratio. ``--device cuda`` times on a GPU (synchronised per step), ``--autocast bf16`` under
+the ratio, and the host time of one ``regulate_`` call alone (``regulate_host_us``, minimum of
+5 x 100 calls). ``--device cuda`` times on a GPU (synchronised per step), ``--autocast bf16`` under
 mixed precision, ``--clip-checkpoint none`` with random weights (the step's cost does not
 depend on the weights' values).
 """
@@ -55,7 +56,15 @@ def measure(kind: str, steps: int, clip_model: str, clip_checkpoint: str | None,
         for regulate in ((False, True) if block % 2 == 0 else (True, False)):
             times[regulate] += [step(regulate) for _ in range(5)]
     plain, regulated = statistics.median(times[False]), statistics.median(times[True])
-    return {"plain_s": round(plain, 4), "regulated_s": round(regulated, 4), "ratio": round(regulated / plain, 3)}
+    # host time of the regulator call alone (no synchronisation): what a launch-bound GPU step waits on
+    host = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(100):
+            reg.regulate_(net)
+        host.append((time.perf_counter() - t0) / 100)
+    return {"plain_s": round(plain, 4), "regulated_s": round(regulated, 4), "ratio": round(regulated / plain, 3),
+            "regulate_host_us": round(min(host) * 1e6, 1)}
 
 
 def main(argv=None) -> int:
