@@ -58,6 +58,9 @@ class ModelConfig:
     scale: float = 16.0
 
 
+TRAIN_AUTOCAST = (None, "bf16", "fp16", "auto")  # train.autocast's values
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings shared by every strategy (SGD with momentum, cosine decay per session)."""
@@ -73,6 +76,10 @@ class TrainConfig:
     cosine: bool = True
     channels_last: bool = False  # conv layout: ~1.8x faster on CPU for Conv4
     materialize_mb: float = 1024  # a deterministic session as one tensor on the device (0: never); same results
+    # mixed precision of the strategies' forward passes: null (fp32), bf16, fp16, or auto (time fp32
+    # against bf16 (and fp16 on CUDA) on one training batch of the configured model, keep the fastest;
+    # the choice is written to the run's config.yaml, the timings to run.json)
+    autocast: str | None = None
 
 
 @dataclass
@@ -202,6 +209,8 @@ def _check_values(cfg: RunConfig) -> None:
     for key in ("base_epochs", "novel_epochs", "base_lr", "novel_lr", "momentum", "weight_decay", "materialize_mb"):
         if getattr(cfg.train, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(cfg.train, key)}")
+    if cfg.train.autocast not in TRAIN_AUTOCAST:
+        raise ConfigError(f"train.autocast: {cfg.train.autocast!r}; allowed: {', '.join(repr(a) for a in TRAIN_AUTOCAST)}")
     if not cfg.seeds:
         raise ConfigError("seeds: at least one seed is required")
     bad = [s for s in cfg.seeds if s < 0]

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.amp import fastest_autocast
 from .machine import cpu_model, device_problem
 
 __all__ = ["CLIPRecipe", "load_recipe", "list_recipes", "pretrain_clip", "zero_shot_accuracy", "color_augment", "RECIPE_DIR"]
@@ -405,17 +406,10 @@ def pretrain_clip(
             import copy
 
             saved = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-            times = {}
-            for prec in ("fp32", "bf16"):
-                t = []
-                for _ in range(3):
-                    t0 = time.perf_counter()
-                    train_step(0, prec == "bf16")
-                    t.append(time.perf_counter() - t0)
-                times[prec] = min(t[1:])
+            best, times = fastest_autocast(lambda ac: train_step(0, ac == "bf16"), device=device)
             model.load_state_dict(saved[0])
             opt.load_state_dict(saved[1])
-            state["precision"] = min(times, key=times.get)
+            state["precision"] = best or "fp32"
             state["precision_timing_s"] = times
             print(f"pretrain-clip: step time fp32 {times['fp32']:.3f}s, bf16 {times['bf16']:.3f}s -> {state['precision']}", file=sys.stderr)
     bf16 = state["precision"] == "bf16"

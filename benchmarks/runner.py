@@ -179,7 +179,7 @@ class _Run:
         self.strategy: FSCILStrategy = create_strategy(
             self.spec, self.ctx, model=model, spec_plugins=self.plugins, train_mb_size=t.batch_size,
             eval_mb_size=t.eval_batch_size, evaluator=evaluator, channels_last=t.channels_last,
-            materialize_mb=t.materialize_mb,
+            materialize_mb=t.materialize_mb, autocast=t.autocast,
         )
         self.base_cache = self._base_cache()
         self.base_info: dict[str, Any] | None = None
@@ -412,6 +412,48 @@ def check_config(cfg: RunConfig) -> None:
             raise ConfigError(f"strategy_args.{name}: {e}") from None
 
 
+def choose_autocast(cfg: RunConfig, scenario: FSCILScenario, repeats: int = 3) -> tuple[str | None, dict[str, float]]:
+    """``train.autocast: auto``: the precision in which one training step of the configured
+    model (``model``, ``train.batch_size`` of the base session's images, ``channels_last``) runs
+    fastest on ``cfg.device``: fp32 or bf16, and fp16 on CUDA. The probe trains a throwaway
+    model and leaves the random generators as it found them.
+
+    Returns:
+        ``(None | "bf16" | "fp16", {"fp32": s, "bf16": s, ...})``: seconds per step (minimum).
+    """
+    import torch.nn.functional as F
+
+    from ..models.amp import autocast_context, fastest_autocast
+    from ..strategies import StrategyContext, StrategySpec
+
+    device = torch.device(cfg.device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model = StrategySpec().build_model(StrategyContext(scenario, config=cfg, seed=0, device=cfg.device)).to(device)
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        data = scenario.train_stream[0].dataset.train()
+        n = min(cfg.train.batch_size, len(data))
+        items = [data[i] for i in range(n)]
+        x = torch.stack([torch.as_tensor(it[0]) for it in items]).to(device)
+        y = torch.as_tensor([int(it[1]) for it in items], device=device)
+        if cfg.train.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=cfg.train.momentum)
+        model.train()
+
+        def step(autocast: str | None) -> None:
+            with autocast_context(device, autocast):
+                out = model(x)
+            loss = F.cross_entropy(out.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        candidates = (None, "bf16", "fp16") if device.type == "cuda" else (None, "bf16")
+        best, times = fastest_autocast(step, candidates, repeats=repeats, device=device)
+    return best, {k: round(v, 4) for k, v in times.items()}
+
+
 def _build_scenarios(cfg: RunConfig) -> dict[int, FSCILScenario]:
     scenarios = {}
     for seed in cfg.seeds:
@@ -477,6 +519,9 @@ def run_benchmark(
     scenarios = _build_scenarios(cfg)
     _check_strategies(cfg, scenarios)
     environment = _env_info(cfg.device)  # at the start: the commit that ran, not a later one
+    if cfg.train.autocast == "auto":
+        cfg.train.autocast, environment["autocast_probe_s"] = choose_autocast(cfg, next(iter(scenarios.values())))
+        print(f"train.autocast auto: step time {environment['autocast_probe_s']} -> {cfg.train.autocast}", file=sys.stderr)
     provenance = _provenance(out, resume, command, environment)
     write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 

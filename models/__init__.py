@@ -14,6 +14,7 @@ _EXPORTS = {
     "AUTOCAST_DTYPES": ".amp",
     "autocast_context": ".amp",
     "check_autocast": ".amp",
+    "fastest_autocast": ".amp",
     "FSCILNet": ".classifier",
     "MASK_VALUE": ".classifier",
     "MultiViewFusionHead": ".fusion",

@@ -177,6 +177,8 @@ class StrategySpec:
             "base": [t.batch_size, sched.base_epochs, sched.base_lr, sched.cosine,
                      t.momentum, t.weight_decay, t.channels_last],
         }
+        if t.autocast is not None:  # fp32 keeps the key it always had (the caches stay valid)
+            key["base"].append(t.autocast)
         custom = [m for m in ("build_model", "trainable_parameters", "make_optimizer", "fit_base_session")
                   if getattr(type(self), m) is not getattr(StrategySpec, m)]
         if custom:

@@ -17,6 +17,7 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from ..models.amp import autocast_context, check_autocast
 from ..plugins._session import training_session
 
 __all__ = ["FSCILStrategy", "SessionSchedule"]
@@ -108,6 +109,14 @@ class FSCILStrategy(SupervisedTemplate):
             of host time per batch of 128 on one CPU thread: most of the runner's cost over a
             plain loop on a GPU). The batches, their order and the random numbers drawn are those of the
             per-sample path, bit for bit; randomly augmented data always takes that path.
+        autocast: mixed precision of the strategy's forward passes (training and evaluation):
+            ``None`` (fp32), ``"bf16"`` or ``"fp16"`` (``torch.autocast`` on ``device``; the
+            logits return as fp32, so the loss and metrics are fp32; ``"fp16"`` also scales the
+            loss with a ``GradScaler``, unscaled right after ``backward`` so plugins see true
+            gradients, and skips a step whose gradients overflow). Weights and optimizer stay
+            fp32. Whether it pays depends on the CPU or GPU: measure (the runner's
+            ``train.autocast: auto`` does); plugins' own passes (prototypes, importance,
+            meta-learning) keep their own settings.
 
     Attributes:
         session: the session being trained (during evaluation: the last one trained;
@@ -134,8 +143,10 @@ class FSCILStrategy(SupervisedTemplate):
         balanced: bool = False,
         channels_last: bool = False,
         materialize_mb: float = 1024,
+        autocast: str | None = None,
         **kwargs,
     ):
+        self.autocast = check_autocast(autocast)
         self.schedule = schedule or SessionSchedule()
         self.cumulative = cumulative
         self.balanced = balanced
@@ -167,6 +178,7 @@ class FSCILStrategy(SupervisedTemplate):
         self.materialized = False  # whether the current session's batches are slices of one tensor
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self._scaler = self._new_scaler()
 
     # -------------------------------------------------------------- epochs and session
     def session_epochs(self, session: int) -> int:
@@ -183,6 +195,7 @@ class FSCILStrategy(SupervisedTemplate):
         self._pretrained.discard(self.session)
         self._step = 0
         self.fitted_state = None
+        self._scaler = self._new_scaler()  # per session, like the optimizer state: a resume is exact
         super()._before_training_exp(**kwargs)
         self._total_steps = self.train_epochs * len(self.dataloader)
 
@@ -254,7 +267,28 @@ class FSCILStrategy(SupervisedTemplate):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self._step += 1
-        super().optimizer_step()
+        if self._scaler.is_enabled():
+            self._scaler.step(self.optimizer)  # skipped when unscale_ found inf/nan gradients
+            self._scaler.update()
+        else:
+            super().optimizer_step()
+
+    # ----------------------------------------------------------- mixed precision
+    def _new_scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(self.device.type, enabled=self.autocast == "fp16")
+
+    def forward(self):
+        if self.autocast is None:
+            return super().forward()
+        with autocast_context(self.device, self.autocast):
+            out = super().forward()
+        return out.float() if torch.is_tensor(out) and out.is_floating_point() else out
+
+    def backward(self):
+        if not self._scaler.is_enabled():
+            return super().backward()
+        self._scaler.scale(self.loss).backward(retain_graph=self.retain_graph)
+        self._scaler.unscale_(self.optimizer)  # after_backward / before_update plugins see true gradients
 
 
 class _Rows(Dataset):

@@ -45,7 +45,7 @@ def test_exports():
         "MultiViewFusionHead", "FUSIONS",
         "load_clip", "list_clip_models", "project_clip_models", "clip_image_transform", "encode_class_names",
         "save_clip_checkpoint", "CLIPImageEncoder", "FeatureCache", "PromptedCLIP", "GradientRegulator", "GRAMMetaConfig", "meta_train_gram",
-        "load_gram_checkpoint", "AUTOCAST_DTYPES", "autocast_context", "check_autocast",
+        "load_gram_checkpoint", "AUTOCAST_DTYPES", "autocast_context", "check_autocast", "fastest_autocast",
     }  # fmt: skip
     for name in models.__all__:
         assert hasattr(models, name)
@@ -274,3 +274,25 @@ def test_autocast_by_name():
     with pytest.raises(ValueError, match=r"meta_autocast='fp16'; allowed: None, 'bf16'$"):
         check_autocast("fp16", "meta_autocast", (None, "bf16"))
     assert check_autocast("bf16") == "bf16"
+
+
+def test_fastest_autocast_times_each_candidate_after_a_warm_up_and_keeps_the_fastest():
+    import time as _time
+
+    from avalanche_fscl.models import fastest_autocast
+
+    calls = []
+
+    def step(autocast):
+        calls.append(autocast)
+        # the first call of each candidate is slow (a warm-up); afterwards bf16 is the faster
+        _time.sleep(0.05 if calls.count(autocast) == 1 else {None: 0.02, "bf16": 0.005}[autocast])
+
+    best, times = fastest_autocast(step, (None, "bf16"), repeats=3)
+    assert calls == [None] * 3 + ["bf16"] * 3
+    assert best == "bf16" and set(times) == {"fp32", "bf16"}
+    assert 0.02 <= times["fp32"] < 0.05 and 0.005 <= times["bf16"] < 0.02, "the warm-up run is not counted"
+    with pytest.raises(ValueError, match=r"repeats=1 must be >= 2"):
+        fastest_autocast(step, repeats=1)
+    with pytest.raises(ValueError, match=r"candidates='fp8'; allowed"):
+        fastest_autocast(step, (None, "fp8"))

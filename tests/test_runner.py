@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from avalanche_fscl.benchmarks import ConfigError, config_from_dict, run_benchmark
@@ -277,6 +278,7 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, sig, stat
         ({"base_cache": "/tmp/x"}, r"base_cache: '/tmp/x' is not allowed; allowed: 'on' \| 'off' \| 'refresh'"),
         ({"num_threads": 0}, r"num_threads: must be >= 1 or null, got 0"),
         ({"train": {"materialize_mb": -1}}, r"train\.materialize_mb: must be >= 0, got -1"),
+        ({"train": {"autocast": "fp8"}}, r"train\.autocast: 'fp8'; allowed: None, 'bf16', 'fp16', 'auto'"),
     ],
 )
 def test_config_validation_errors_name_the_key(tmp_path, change, match):
@@ -451,3 +453,33 @@ def test_overhead_host_probe_measures_both_loading_paths():
     for mb, rec in recs.items():
         assert rec["materialize_mb"] == mb and rec["backbone"] == "host_probe"
         assert rec["plain_s_per_epoch"] > 0 and rec["ratio"] == pytest.approx(rec["runner_s_per_epoch"] / rec["plain_s_per_epoch"])
+
+
+def test_train_autocast_auto_is_resolved_by_timing_recorded_and_keys_the_base_session(tmp_path):
+    from avalanche_fscl.benchmarks.runner import choose_autocast
+    from avalanche_fscl.streams import digits_fscil
+
+    cfg = config_from_dict(quick_config(tmp_path, train={**QUICK["train"], "autocast": "auto"}))
+    rng = torch.get_rng_state()
+    best, times = choose_autocast(cfg, digits_fscil(seed=0))
+    assert torch.equal(torch.get_rng_state(), rng), "the probe leaves the random generators as it found them"
+    assert set(times) == {"fp32", "bf16"} and all(t > 0 for t in times.values())
+    assert best == (None if times["fp32"] <= times["bf16"] else "bf16")
+
+    runs = {}
+    for ac in ("auto", "bf16", None):
+        cfg = config_from_dict(quick_config(tmp_path / str(ac), train={**QUICK["train"], "autocast": ac},
+                                            strategies=["prototype"]))
+        res = run_benchmark(cfg, command="pytest", progress=False, log=lambda *_: None)
+        saved = yaml.safe_load((Path(cfg.output) / "config.yaml").read_text())["train"]["autocast"]
+        runs[ac] = res["runs"][0]["base_session"]["key"], saved, res["environment"]
+    key, saved, env = runs["auto"]
+    assert saved in (None, "bf16") and set(env["autocast_probe_s"]) == {"fp32", "bf16"}, "a resume runs in the chosen precision"
+    assert "autocast_probe_s" not in runs["bf16"][2]
+    assert runs["bf16"][0] != runs[None][0], "bf16 weights never load as fp32 ones"
+    from avalanche_fscl.strategies import StrategyContext, make_spec
+
+    keys = {ac: make_spec("prototype").base_session_key(StrategyContext(
+        digits_fscil(seed=0), config=config_from_dict(quick_config(tmp_path, train={**QUICK["train"], "autocast": ac}))))
+        for ac in (None, "bf16")}
+    assert keys["bf16"]["base"] == [*keys[None]["base"], "bf16"] and len(keys[None]["base"]) == 7, "fp32 keeps its old key"

@@ -326,3 +326,80 @@ def test_fscl_ablations_without_the_restart_have_no_row_training():
             make_spec(name, {"row_steps": 100})
     with pytest.raises(ValueError, match=r"row_steps > 0 needs fast_from_slow=True"):
         make_spec("fscl", {"row_steps": 100})
+
+
+class _GradRecorder(SupervisedPlugin):
+    """The loss and backbone gradient of the first step with finite gradients (fp16's first
+    steps overflow while its loss scale backs off: skipped, the weights unchanged), as the
+    plugins see them."""
+
+    def __init__(self):
+        super().__init__()
+        self.loss, self.grad, self.dtype, self.skipped = None, None, None, 0
+
+    def before_update(self, strategy, **kwargs):
+        grad = next(strategy.model.parameters()).grad.detach()
+        if self.grad is None and not torch.isfinite(grad).all():
+            self.skipped += 1
+        elif self.grad is None:
+            self.loss, self.dtype, self.grad = strategy.loss.item(), strategy.mb_output.dtype, grad.clone()
+
+
+def _one_session(autocast, epochs: int = 3, seed: int = 0, device: str = "cpu"):
+    scenario = digits_fscil(seed=0)
+    rec = _GradRecorder()
+    model = make_spec("finetune").build_model(StrategyContext(scenario, seed=seed))
+    strategy = FSCILStrategy(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                             schedule=SessionSchedule(epochs, 0.1, 3, 0.01), plugins=[rec], train_mb_size=32,
+                             autocast=autocast, device=device)
+    torch.manual_seed(0)
+    strategy.train(scenario.train_stream[0])
+    res = strategy.eval(scenario.test_stream[:1])
+    acc = next(v for k, v in res.items() if k.startswith("Top1_Acc_Stream"))
+    return rec, model, acc
+
+
+def test_autocast_trains_in_mixed_precision_with_fp32_logits_weights_and_true_gradients():
+    ref, ref_model, ref_acc = _one_session(None)
+    for autocast in ("bf16", "fp16"):
+        rec, model, acc = _one_session(autocast)
+        assert rec.dtype == torch.float32, "the loss and the metrics see fp32 logits"
+        assert all(p.dtype == torch.float32 for p in model.parameters()), "the weights stay fp32"
+        if rec.skipped == 0:  # the same first batch and weights: equal up to the precision's rounding
+            assert rec.loss == pytest.approx(ref.loss, rel=0.02)
+            cos = torch.nn.functional.cosine_similarity(rec.grad.flatten(), ref.grad.flatten(), dim=0)
+            assert cos > 0.99 and (rec.grad.norm() / ref.grad.norm()).item() == pytest.approx(1.0, abs=0.05), autocast
+        else:  # a later batch, the same (initial) weights: the same scale, not 2**k times it
+            assert autocast == "fp16" and 0.5 < (rec.grad.norm() / ref.grad.norm()).item() < 2, rec.skipped
+        assert acc > 0.9 and abs(acc - ref_acc) < 0.05, (autocast, acc, ref_acc)  # 4-way base session, chance 0.25
+    with pytest.raises(ValueError, match=r"autocast='fp8'; allowed: None, 'bf16', 'fp16'"):
+        FSCILStrategy(model=torch.nn.Linear(2, 2), optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1),
+                      autocast="fp8")
+
+
+def test_fp16_skips_a_step_whose_gradients_overflow():
+    scenario = digits_fscil(seed=0)
+    model = make_spec("finetune").build_model(StrategyContext(scenario, seed=0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    class Overflow(SupervisedPlugin):
+        def before_backward(self, strategy, **kwargs):
+            strategy.loss = strategy.loss * float("inf")  # every gradient inf/nan
+
+    strategy = FSCILStrategy(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                             schedule=SessionSchedule(1, 0.1, 1, 0.01), plugins=[Overflow()], train_mb_size=32,
+                             autocast="fp16")
+    torch.manual_seed(0)
+    strategy.train(scenario.train_stream[0])
+    weights = {k: v for k, v in model.state_dict().items() if v.is_floating_point() and "running" not in k}
+    assert all(torch.equal(v, before[k]) for k, v in weights.items()), "no step was taken"
+    assert strategy._scaler.get_scale() < 65536.0, "the loss scale backed off"
+
+
+@pytest.mark.cuda
+def test_autocast_on_cuda_learns_like_fp32():
+    _, _, ref = _one_session(None, device="cuda")
+    for autocast in ("bf16", "fp16"):
+        rec, model, acc = _one_session(autocast, device="cuda")
+        assert rec.dtype == torch.float32 and next(model.parameters()).is_cuda
+        assert acc > 0.9 and abs(acc - ref) < 0.05, (autocast, acc, ref)
