@@ -177,7 +177,7 @@ class StrategySpec:
             "base": [t.batch_size, sched.base_epochs, sched.base_lr, sched.cosine,
                      t.momentum, t.weight_decay, t.channels_last],
         }
-        if t.autocast is not None:  # fp32 keeps the key it always had (the caches stay valid)
+        if t.autocast is not None:  # an fp32 key keeps the fields it always had
             key["base"].append(t.autocast)
         custom = [m for m in ("build_model", "trainable_parameters", "make_optimizer", "fit_base_session")
                   if getattr(type(self), m) is not getattr(StrategySpec, m)]
