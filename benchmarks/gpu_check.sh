@@ -64,6 +64,10 @@ done  # and the per-sample path on the device, for the materialised sessions' ga
 run 90 "overhead_${DEV}_per_sample" python3 -m $M.overhead --stream omniglot_fscil --data-root "$DATA" --epochs $EPOCHS --repeats $REPEATS --device "$DEV" --materialize-mb 0 --output "$R/overhead_${DEV}_per_sample.json"
 run 240 "omniglot_$DEV" avalanche-fscl run --config omniglot_fscil --strategy prototype --strategy fscl --strategy raml --seeds 0 \
     --device "$DEV" --data-root "$DATA" --base-cache off --no-progress --output "$R/omniglot_$DEV" "${SET[@]}"
+# train.autocast auto on the device: the probe's fp32/bf16/fp16 step times (run.json) and prototype's
+# base-session time and accuracy, against the fp32 prototype row above
+run 120 "omniglot_${DEV}_autocast" avalanche-fscl run --config omniglot_fscil --strategy prototype --seeds 0 --set train.autocast=auto \
+    --device "$DEV" --data-root "$DATA" --base-cache off --no-progress --output "$R/omniglot_${DEV}_autocast" "${SET[@]}"
 for d in "${DEVICES[@]}"; do
     run 90 "digits_$d" avalanche-fscl run --device "$d" --base-cache off --no-progress --output "$R/digits_$d"
 done

@@ -39,7 +39,7 @@ def test_gpu_check_dry_runs_every_step_on_the_cpu(tmp_path, data_root):
     res = _run(tmp_path, tmp_path / "check", GPU_DEVICE="cpu", QUICK="1", GPU_DATA=str(data_root))
     steps = (tmp_path / "out" / "steps.log").read_text()
     assert res.returncode == 0, steps
-    assert "done: 0 failed step(s)" in steps and steps.count("rc=0") == 8
+    assert "done: 0 failed step(s)" in steps and steps.count("rc=0") == 9
     with tarfile.open(tmp_path / "out" / "gpu_check.tar") as tar:
         names = set(tar.getnames())
         read = lambda name: json.load(tar.extractfile(f"./{name}"))  # noqa: E731
@@ -58,4 +58,7 @@ def test_gpu_check_dry_runs_every_step_on_the_cpu(tmp_path, data_root):
         omniglot = read("omniglot_cpu/results.json")
         assert {r["strategy"] for r in omniglot["runs"]} == {"prototype", "fscl", "raml"}
         assert all(len(r["table"]["sessions"]) == 3 for r in omniglot["runs"])  # base + 2 sessions (QUICK)
+        auto = read("omniglot_cpu_autocast/results.json")
+        assert set(auto["environment"]["autocast_probe_s"]) == {"fp32", "bf16"}
+        assert auto["config"]["train"]["autocast"] in (None, "bf16"), "the probe's choice, not 'auto'"
         assert len(read("digits_cpu/results.json")["runs"]) >= 7
