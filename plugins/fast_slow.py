@@ -82,6 +82,17 @@ rest in. What comes from where:
   backbone fixed, the rows starting at the prototypes; SGD with momentum 0.9 at ``row_lr``). The
   classifier rows are fast weights; this is their fast learning of every class seen, from the
   same stored shots the prototypes average. Off (0) by default.
+* [ours] ``row_memory``: the same fast learning of the rows on an FSCIL stream, where the fast
+  weights are not restarted. At the end of every session (the base session's included), after
+  the session's rows are set to its prototypes, the features of up to ``row_memory`` training
+  samples of each of its classes (eval transform; a class-balanced random choice) are stored,
+  and every seen class's row then takes ``row_steps`` full-batch steps of class-balanced
+  cross-entropy (each class weighted by one over its stored features) over all stored features.
+  A class's features are those of the network that learned it, as its prototype row is: they are
+  not re-embedded when step 1 moves the fast weights (re-embedding every stored input each
+  session is what cost 4x an incremental session, ``benchmarks/README.md``). Memory: one feature
+  vector per stored sample (Conv4: 64 floats, 256 B). A prototype is only the average of a
+  class's features; trained rows also move away from the classes they are confused with.
 * [ours] ``meta_autocast="bf16"``: the episodes (the bulk of FSCL's extra cost) run under
   ``torch.autocast``; the slow weights and their updates stay fp32. A speed option only.
 * [ours] Few-shot generalisation is read from ``phi``: :meth:`slow_weights` swaps them
@@ -122,6 +133,7 @@ __all__ = ["FastSlowConsolidationPlugin"]
 
 _STATE_VERSION = 1
 _NORM_STATS = ("episode", "frozen")  # BatchNorm statistics during meta-learning
+_ROW_CHUNK = 1024  # rows of stored features per chunk of the rows' training
 _HEAD = ("weight", "bias")  # FSCILNet's classifier rows: never consolidated by the penalty
 SlowFilter = str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 
@@ -168,6 +180,11 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         row_steps: with ``fast_from_slow``, full-batch steps that train the rebuilt rows on the
             memory's features (>= 0; 0 = prototype rows; ours, see the module doc).
         row_lr: their SGD learning rate (> 0; momentum 0.9, constant).
+        row_memory: features per class stored for ``row_steps`` without ``fast_from_slow`` (>= 0;
+            0 = off; ours, see the module doc).
+        base_row_steps: with ``row_memory``, the rows' steps at the end of the base session
+            (>= 0; ``None`` = ``row_steps``). Incremental sessions start from rows already fitted,
+            so they can take fewer steps than the base session, whose cost is budgeted apart.
         meta_cache: run the episodes through the slow part of the network only (ours, for
             speed). ``model.features`` is cut (``torch.fx``) before the first layer with slow
             parameters; that frozen lower part is a fixed function (needs
@@ -217,6 +234,8 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         fast_from_slow: bool = False,
         row_steps: int = 0,
         row_lr: float = 0.1,
+        row_memory: int = 0,
+        base_row_steps: int | None = None,
         meta_autocast: str | None = None,
         batch_size: int = 256,
         seed: int = 0,
@@ -248,8 +267,21 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
             raise ValueError("fast_from_slow=True needs session_meta_memory > 0 (the samples every class's row is rebuilt from)")
         if not isinstance(row_steps, int) or isinstance(row_steps, bool) or row_steps < 0:
             raise ValueError(f"row_steps must be an integer >= 0, got {row_steps!r}")
-        if row_steps and not fast_from_slow:
-            raise ValueError("row_steps > 0 needs fast_from_slow=True (it trains the rows rebuilt from the memory)")
+        if not isinstance(row_memory, int) or isinstance(row_memory, bool) or row_memory < 0:
+            raise ValueError(f"row_memory must be an integer >= 0, got {row_memory!r}")
+        if row_steps and not (fast_from_slow or row_memory):
+            raise ValueError("row_steps > 0 needs fast_from_slow=True (it trains the rows rebuilt from the memory) "
+                             "or row_memory > 0 (stored features)")
+        if base_row_steps is not None and (not isinstance(base_row_steps, int) or isinstance(base_row_steps, bool)
+                                           or base_row_steps < 0):
+            raise ValueError(f"base_row_steps must be an integer >= 0 or None, got {base_row_steps!r}")
+        if base_row_steps is not None and not row_memory:
+            raise ValueError("base_row_steps needs row_memory > 0 (it sets the base session's steps on the stored features)")
+        if row_memory and not row_steps:
+            raise ValueError("row_memory > 0 needs row_steps > 0 (it only feeds the rows' training)")
+        if row_memory and fast_from_slow:
+            raise ValueError("row_memory > 0 and fast_from_slow=True exclude each other: with the restart the rows "
+                             "learn the re-embedded session memory")
         for name, v in [("meta_lr", meta_lr), ("meta_scale", meta_scale), ("session_meta_lr", session_meta_lr),
                         ("row_lr", row_lr)]:
             if not (isinstance(v, (int, float)) and v > 0):
@@ -279,6 +311,10 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         self._memory = ClassBalancedReplayPlugin(session_meta_memory, seed=self.seed) if session_meta_memory else None
         self.fast_from_slow = fast_from_slow
         self.row_steps, self.row_lr = row_steps, float(row_lr)
+        self.row_memory, self.base_row_steps = row_memory, base_row_steps
+        self._row_picker = ClassBalancedReplayPlugin(row_memory, seed=self.seed + 104729) if row_memory else None
+        self.row_feats: Tensor | None = None  # (N, D) stored features (row_memory), CPU
+        self.row_labels: Tensor | None = None  # (N,)
 
         self.slow_names: list[str] | None = None  # parameters with slow weights
         self.slow: dict[str, Tensor] = {}  # phi: parameters and buffers
@@ -422,6 +458,10 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
                 self._session_meta_learn(model, exp, classes, s, strategy.device)
             if s > 0 and self.fast_from_slow:
                 self._restart_fast(model, strategy.device)
+        if self.row_memory:
+            self._store_row_features(model, exp, classes, s, strategy.device)
+            steps = self.base_row_steps if s == 0 and self.base_row_steps is not None else self.row_steps
+            self._train_rows(model, self.row_feats.to(strategy.device), self.row_labels.to(strategy.device), steps)
         self._old_rows = None
         self.sessions = s + 1
 
@@ -484,8 +524,24 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         if self.anchor:
             self.anchor = {n: p.detach().clone() for n, p in self._consolidated(model).items()}
 
+    def _store_row_features(self, model: nn.Module, exp, classes: list[int], session: int, device) -> None:
+        """``row_memory``: the features of up to that many samples of each of ``classes``."""
+        picker = self._row_picker
+        picker.memory_x = picker.memory_y = None  # only the choice is reused; inputs are not kept
+        picker.store(exp.dataset, classes, session)
+        if picker.memory_y is None:
+            return
+        feats, labels = extract_features(model, TensorImageDataset(picker.memory_x, picker.memory_y),
+                                         self.batch_size, device)
+        picker.memory_x = picker.memory_y = None
+        feats, labels = feats.float().cpu(), labels.cpu()
+        if self.row_labels is not None:
+            keep = ~torch.isin(self.row_labels, labels.unique())
+            feats, labels = torch.cat([self.row_feats[keep], feats]), torch.cat([self.row_labels[keep], labels])
+        self.row_feats, self.row_labels = feats, labels
+
     @torch.enable_grad()
-    def _train_rows(self, model: nn.Module, feats: Tensor, labels: Tensor) -> None:
+    def _train_rows(self, model: nn.Module, feats: Tensor, labels: Tensor, steps: int | None = None) -> None:
         """``row_steps``: the head (``weight``, ``bias``) learns ``feats (N, D)`` with ``labels (N,)``."""
         head = [p for p in (model.weight, getattr(model, "bias", None)) if p is not None]
         params = list(model.parameters())
@@ -493,11 +549,23 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         for p in params:
             p.requires_grad_(any(p is h for h in head))
         opt = torch.optim.SGD(head, lr=self.row_lr, momentum=0.9)
+        # class-balanced when the classes store unequal numbers (a base class 3x a 5-shot one)
+        counts = torch.bincount(labels, minlength=int(model.weight.shape[0])).float()
+        present = counts[counts > 0]
+        weight = None if bool((present == present[0]).all()) else 1.0 / counts.clamp_min(1.0)
+        feats = feats.detach()
+        # the (N, classes) logits of a large memory are processed in row chunks that stay in cache
+        # (the same loss and gradient; about 3x faster on a CPU for 15k features x 1k classes)
+        chunks = list(zip(feats.split(_ROW_CHUNK), labels.split(_ROW_CHUNK)))
+        total = float(len(labels)) if weight is None else weight[labels].sum()
         try:
-            for _ in range(self.row_steps):
-                loss = F.cross_entropy(model.logits(feats.detach()), labels)
+            for _ in range(self.row_steps if steps is None else steps):
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if len(chunks) == 1:
+                    F.cross_entropy(model.logits(feats), labels, weight=weight).backward()
+                else:
+                    for f, y in chunks:
+                        (F.cross_entropy(model.logits(f), y, weight=weight, reduction="sum") / total).backward()
                 opt.step()
         finally:
             for p, f in zip(params, flags):
@@ -605,7 +673,8 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
 
     # -------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """Slow weights, anchors, importance, the session count and the session memory (CPU tensors)."""
+        """Slow weights, anchors, importance, the session count, the session memory and the stored
+        row features (CPU tensors)."""
         cpu = lambda d: {k: v.detach().cpu().clone() for k, v in d.items()}  # noqa: E731
         return {
             "version": _STATE_VERSION,
@@ -613,6 +682,7 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
             "slow": cpu(self.slow), "anchor": cpu(self.anchor), "omega": cpu(self.omega),
             "sessions": self.sessions,
             "memory": None if self._memory is None else self._memory.state_dict(),
+            "row_feats": self.row_feats, "row_labels": self.row_labels,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -630,3 +700,8 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
                              f"session_meta_memory={0 if self._memory is None else self._memory.mem_per_class}")
         if self._memory is not None:
             self._memory.load_state_dict(state["memory"])
+        rows = state.get("row_labels")  # absent in states written before row_memory existed
+        if (rows is not None) and not self.row_memory:
+            raise ValueError("state has stored row features; this plugin has row_memory=0")
+        self.row_feats = None if rows is None else state["row_feats"].clone()
+        self.row_labels = None if rows is None else rows.clone()

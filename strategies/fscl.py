@@ -18,7 +18,8 @@ strategy                    what is removed                                  fix
 ``fscl_fast_only``          slow weights (and so meta-learning and step 2)   ``slow=None, meta=False,
                                                                              slow_step=0`` and no session
                                                                              meta-learning or restart
-``fscl_slow_only``          fast learning: no gradient step after session 0  ``epochs=0``
+``fscl_slow_only``          fast learning: no gradient step after session 0  ``epochs=0`` (the FSCIL
+                                                                             configs give it no rows)
 ``fscl_no_meta``            meta-learning of the slow weights, in the base   ``meta=False`` and no session
                             session and after every session                  meta-learning or restart
 ``fscl_no_session_meta``    the slow weights' meta-learning after every      ``session_meta_episodes=0``,
@@ -27,9 +28,14 @@ strategy                    what is removed                                  fix
                                                                              ``row_steps=0``
 ``fscl_no_fast_from_slow``  the fast weights' restart from the slow ones     ``fast_from_slow=False``,
                             after every session                              ``row_steps=0``
-``fscl_no_row_training``    the rows' training on the memory after the       ``row_steps=0``
-                            restart (they stay the memory's prototypes)
+``fscl_no_row_training``    the rows' training (on the memory after the      ``row_steps=0, row_memory=0``
+                            restart, or on the stored features): they stay
+                            prototypes
 ==========================  ===============================================  ==============================
+
+The rows' training on stored features (``row_memory``, the FSCIL streams' configs) is fast
+learning, not meta-learning: ``fscl_no_meta`` and ``fscl_fast_only`` keep it when their
+``strategy_args`` give it; the FSCIL configs give ``fscl_slow_only`` none (no fast learning at all).
 """
 
 from __future__ import annotations
@@ -63,7 +69,8 @@ class FSCL(StrategySpec):
                  meta_inner_steps: int = 1, meta_inner_lr: float = 0.05, meta_lr: float = 0.01,
                  first_order: bool = True, meta_scale: float = 10.0, meta_norm_stats: str = "episode",
                  meta_cache: bool = False, session_meta_episodes: int = 0, session_meta_lr: float = 0.003,
-                 session_meta_memory: int = 0, fast_from_slow: bool = False, row_steps: int = 0, row_lr: float = 0.1,
+                 session_meta_memory: int = 0, fast_from_slow: bool = False, row_steps: int = 0, row_lr: float = 0.1, row_memory: int = 0,
+                 base_row_steps: int | None = None,
                  meta_autocast: str | None = None, slow: str | list[str] | None = "backbone",
                  epochs: int | None = None, base_epochs: int | None = None, seed: int = 0):
         super().__init__()
@@ -78,7 +85,7 @@ class FSCL(StrategySpec):
             meta_inner_lr=meta_inner_lr, meta_lr=meta_lr, first_order=first_order, meta_scale=meta_scale,
             meta_norm_stats=meta_norm_stats, meta_cache=meta_cache, session_meta_episodes=session_meta_episodes,
             session_meta_lr=session_meta_lr, session_meta_memory=session_meta_memory,
-            fast_from_slow=fast_from_slow, row_steps=row_steps, row_lr=row_lr, meta_autocast=meta_autocast, seed=seed,
+            fast_from_slow=fast_from_slow, row_steps=row_steps, row_lr=row_lr, row_memory=row_memory, base_row_steps=base_row_steps, meta_autocast=meta_autocast, seed=seed,
         )
         FastSlowConsolidationPlugin(**self.plugin_args)  # bad values fail here, before any output
 
@@ -96,14 +103,13 @@ class FSCL(StrategySpec):
 register_variant(FSCL, "fscl_no_step1", "FSCL ablation: no fast consolidation (step 1).", fast_strength=0.0)
 register_variant(FSCL, "fscl_no_step2", "FSCL ablation: no slow consolidation (step 2).", slow_step=0.0)
 register_variant(FSCL, "fscl_fast_only", "FSCL ablation: fast weights only (no slow weights, meta-learning or step 2).",
-                 slow=None, meta=False, slow_step=0.0, session_meta_episodes=0, session_meta_memory=0, fast_from_slow=False,
-                 row_steps=0)
+                 slow=None, meta=False, slow_step=0.0, session_meta_episodes=0, session_meta_memory=0, fast_from_slow=False)
 register_variant(FSCL, "fscl_slow_only", "FSCL ablation: slow weights only (no gradient step after the base session).", epochs=0)
 register_variant(FSCL, "fscl_no_meta", "FSCL ablation: no meta-learning of the slow weights.", meta=False,
-                 session_meta_episodes=0, session_meta_memory=0, fast_from_slow=False, row_steps=0)
+                 session_meta_episodes=0, session_meta_memory=0, fast_from_slow=False)
 register_variant(FSCL, "fscl_no_session_meta", "FSCL ablation: no slow-weight meta-learning after the base session.",
                  session_meta_episodes=0, session_meta_memory=0, fast_from_slow=False, row_steps=0)
 register_variant(FSCL, "fscl_no_fast_from_slow", "FSCL ablation: fast weights not restarted from the slow ones after each session.",
                  fast_from_slow=False, row_steps=0)
-register_variant(FSCL, "fscl_no_row_training", "FSCL ablation: the rows rebuilt from the memory stay its prototypes (row_steps=0).",
-                 row_steps=0)
+register_variant(FSCL, "fscl_no_row_training", "FSCL ablation: the rows stay prototypes (row_steps=0, row_memory=0).",
+                 row_steps=0, row_memory=0, base_row_steps=None)

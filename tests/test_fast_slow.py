@@ -237,12 +237,83 @@ def test_row_steps_train_the_rebuilt_rows_on_the_memory_and_nothing_else(scenari
     unseen = list(range(BASE + WAYS, N_CLASSES))
     assert torch.equal(trained.weight[unseen], protos.weight[unseen]), "rows of unseen classes untouched"
     assert all(p.grad is None for p in trained.parameters())
-    with pytest.raises(ValueError, match=r"row_steps > 0 needs fast_from_slow=True"):
+    with pytest.raises(ValueError, match=r"row_steps > 0 needs fast_from_slow=True .* or row_memory > 0"):
         FastSlowConsolidationPlugin(row_steps=5)
     with pytest.raises(ValueError, match=r"row_steps must be an integer >= 0, got -1"):
         FastSlowConsolidationPlugin(row_steps=-1, **kw)
     with pytest.raises(ValueError, match=r"row_lr must be > 0, got 0"):
         FastSlowConsolidationPlugin(row_steps=5, row_lr=0, **kw)
+
+
+def test_row_memory_stores_features_once_and_trains_every_seen_row_class_balanced(scenario):
+    """``row_memory`` (FSCIL streams, no restart): after every session, the base session's
+    included, up to that many features per class are stored (those of the network that learned
+    the class, not re-embedded later) and every seen class's row learns all stored features with a
+    class-balanced cross-entropy; the base session's backbone is the run's without it, bit for bit."""
+    kw = dict(fast_strength=100, slow_step=0.1, meta=False)
+    plugin = FastSlowConsolidationPlugin(row_steps=30, row_lr=0.5, row_memory=8, **kw)
+    one, _ = run(scenario, [plugin], sessions=1)
+    plain, _ = run(scenario, [FastSlowConsolidationPlugin(**kw)], sessions=1)
+    a, b = one.backbone.state_dict(), plain.backbone.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "only the rows train"
+    assert not torch.equal(one.weight[:BASE], plain.weight[:BASE]), "the base session's rows train too"
+    assert torch.bincount(plugin.row_labels, minlength=N_CLASSES).tolist() == [8] * BASE + [0] * (N_CLASSES - BASE)
+    base_feats = plugin.row_feats.clone()
+    assert base_feats.shape == (8 * BASE, one.weight.shape[1])
+
+    plugin = FastSlowConsolidationPlugin(row_steps=30, row_lr=0.5, row_memory=8, **kw)
+    trained, _ = run(scenario, [plugin], sessions=2)
+    protos, _ = run(scenario, [FastSlowConsolidationPlugin(**kw)], sessions=2)
+    feats, labels = plugin.row_feats, plugin.row_labels
+    counts = torch.bincount(labels, minlength=N_CLASSES).float()
+    assert counts.tolist() == [8] * BASE + [SHOTS] * WAYS + [0] * (N_CLASSES - BASE - WAYS)
+    assert torch.equal(feats[labels < BASE], base_feats), "stored once: the base features are not re-embedded"
+    with torch.no_grad():
+        loss = {name: F.cross_entropy(m.logits(feats), labels, weight=1 / counts.clamp_min(1)).item()
+                for name, m in (("protos", protos), ("trained", trained))}
+    assert loss["trained"] < 0.85 * loss["protos"], loss
+    unseen = list(range(BASE + WAYS, N_CLASSES))
+    assert torch.equal(trained.weight[unseen], protos.weight[unseen]), "rows of unseen classes untouched"
+
+    restored = FastSlowConsolidationPlugin(row_steps=30, row_lr=0.5, row_memory=8, **kw)
+    restored.load_state_dict(roundtrip(plugin.state_dict()))
+    assert torch.equal(restored.row_feats, feats) and torch.equal(restored.row_labels, labels)
+    with pytest.raises(ValueError, match=r"state has stored row features; this plugin has row_memory=0"):
+        FastSlowConsolidationPlugin(**kw).load_state_dict(roundtrip(plugin.state_dict()))
+
+
+def test_rows_training_in_chunks_equals_the_full_batch(monkeypatch):
+    """The rows' training runs over a large memory in row chunks (cache-sized): the same
+    class-balanced loss and gradient as one full batch, up to float rounding."""
+    import avalanche_fscl.plugins.fast_slow as fs
+
+    torch.manual_seed(0)
+    feats = torch.randn(3000, 16)
+    labels = torch.cat([torch.arange(6).repeat_interleave(450), torch.arange(6, N_CLASSES).repeat(150)])  # unequal
+    start = F.normalize(torch.randn(N_CLASSES, 16), dim=1)
+    rows = {}
+    for chunk in (10_000, 256):
+        monkeypatch.setattr(fs, "_ROW_CHUNK", chunk)
+        model = make_model(0, head="cosine")
+        model.set_class_weights(list(range(N_CLASSES)), start)
+        plugin = FastSlowConsolidationPlugin(row_steps=5, row_lr=0.5, row_memory=1)
+        plugin._train_rows(model, feats, labels)
+        rows[chunk] = model.weight.detach().clone()
+    assert not torch.allclose(rows[10_000], start, atol=1e-3), "the rows trained"
+    assert torch.allclose(rows[256], rows[10_000], atol=1e-5)
+
+
+def test_base_row_steps_set_the_base_sessions_steps_apart(scenario):
+    """``base_row_steps=0``: the base session's rows stay its prototypes (the run's without row
+    training), the incremental sessions' rows still train (``row_steps``)."""
+    kw = dict(fast_strength=100, slow_step=0.1, meta=False)
+    plain, _ = run(scenario, [FastSlowConsolidationPlugin(**kw)], sessions=1)
+    plugin = FastSlowConsolidationPlugin(row_steps=30, row_lr=0.5, row_memory=8, base_row_steps=0, **kw)
+    model, strategy = run(scenario, [plugin], sessions=1)
+    assert torch.equal(model.weight, plain.weight), "no step after the base session"
+    train_session(strategy, scenario, 1)
+    protos, _ = run(scenario, [FastSlowConsolidationPlugin(**kw)], sessions=2)
+    assert not torch.equal(model.weight[:BASE + WAYS], protos.weight[:BASE + WAYS]), "the incremental session's rows train"
 
 
 @pytest.mark.parametrize("norm_stats, kept", [("frozen", True), ("episode", False)])
@@ -390,9 +461,10 @@ def test_with_avalanche_replay_and_a_few_shot_first_session():
         assert base_accuracy(model, sc) > 0.5
 
 
-def test_resume_is_exact(scenario):
+@pytest.mark.parametrize("rows", [{}, {"row_memory": 6, "row_steps": 10, "row_lr": 0.5}], ids=["plain", "row_memory"])
+def test_resume_is_exact(scenario, rows):
     def make():
-        return FastSlowConsolidationPlugin(fast_strength=50, slow_step=0.2, importance="fisher", **META)
+        return FastSlowConsolidationPlugin(fast_strength=50, slow_step=0.2, importance="fisher", **META, **rows)
 
     ref_plugin = make()
     ref, _ = run(scenario, [ref_plugin], sessions=3)
@@ -410,12 +482,20 @@ def test_resume_is_exact(scenario):
     a, b = model_tensors(ref), model_tensors(resumed_model)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(ref_plugin.slow[k], second.slow[k]) for k in ref_plugin.slow)
+    if rows:
+        assert torch.equal(ref_plugin.row_feats, second.row_feats) and len(second.row_labels) == 6 * 4 + 2 * 2 * 5
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"importance": "hessian"}, r"importance='hessian': allowed fisher, mas, si"),
+        ({"row_memory": -1, "row_steps": 5}, r"row_memory must be an integer >= 0, got -1"),
+        ({"row_memory": 5}, r"row_memory > 0 needs row_steps > 0"),
+        ({"row_memory": 5, "row_steps": 5, "base_row_steps": -3}, r"base_row_steps must be an integer >= 0 or None, got -3"),
+        ({"base_row_steps": 5}, r"base_row_steps needs row_memory > 0"),
+        ({"row_memory": 5, "row_steps": 5, "fast_from_slow": True, "session_meta_episodes": 5, "session_meta_memory": 5},
+         r"row_memory > 0 and fast_from_slow=True exclude each other"),
         ({"fast_strength": -1}, r"fast_strength must be >= 0, got -1"),
         ({"slow_strength": -0.5}, r"slow_strength must be >= 0"),
         ({"slow_step": 1.5}, r"slow_step must be in \[0, 1\], got 1.5"),
@@ -443,9 +523,11 @@ def test_bad_filter_and_model(scenario):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("cache, amp", [(False, None), (True, None), (False, "bf16")])
+@pytest.mark.parametrize("cache, amp", [(False, None), (True, None), (False, "bf16"), ("rows", None)])
 def test_on_cuda(scenario, cache, amp):
-    extra = dict(slow=["backbone.net.4"], meta_norm_stats="frozen", meta_cache=True) if cache else {}
+    extra = dict(slow=["backbone.net.4"], meta_norm_stats="frozen", meta_cache=True) if cache is True else {}
+    if cache == "rows":
+        extra = dict(row_memory=6, row_steps=10, row_lr=0.5)
     plugin = FastSlowConsolidationPlugin(fast_strength=100, slow_step=0.2, meta_autocast=amp, **META, **extra)
     model = make_model(0, head="cosine")
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=16,

@@ -320,12 +320,27 @@ def test_fscl_ablations_without_the_restart_have_no_row_training():
     assert make_spec("fscl", on).plugin_args["row_steps"] == 100
     args = make_spec("fscl_no_row_training", {k: v for k, v in on.items() if k != "row_steps"}).plugin_args
     assert (args["row_steps"], args["fast_from_slow"]) == (0, True)
-    for name in ("fscl_no_fast_from_slow", "fscl_no_session_meta", "fscl_no_meta", "fscl_fast_only"):
+    for name in ("fscl_no_fast_from_slow", "fscl_no_session_meta"):
         assert make_spec(name).plugin_args["row_steps"] == 0, name
         with pytest.raises(ValueError, match=rf"strategy_args\.{name}\.row_steps: unknown hyper-parameter"):
             make_spec(name, {"row_steps": 100})
-    with pytest.raises(ValueError, match=r"row_steps > 0 needs fast_from_slow=True"):
+    with pytest.raises(ValueError, match=r"row_steps > 0 needs fast_from_slow=True .* or row_memory > 0"):
         make_spec("fscl", {"row_steps": 100})
+
+
+def test_fscl_ablations_keep_or_remove_the_rows_learning_stored_features():
+    """On an FSCIL stream the rows learn stored features (``row_memory``): every ablation but
+    ``fscl_no_row_training`` can keep that part (the configs give it to all but that one and
+    ``fscl_slow_only``, no fast learning at all)."""
+    rows = {"row_steps": 25, "row_memory": 5}
+    for name in ("fscl", "fscl_no_step1", "fscl_no_step2", "fscl_no_meta", "fscl_fast_only", "fscl_slow_only"):
+        args = make_spec(name, rows).plugin_args
+        assert (args["row_steps"], args["row_memory"]) == (25, 5), name
+    for name in ("fscl_no_row_training",):
+        args = make_spec(name).plugin_args
+        assert (args["row_steps"], args["row_memory"]) == (0, 0), name
+        with pytest.raises(ValueError, match=rf"strategy_args\.{name}\.row_memory: unknown hyper-parameter"):
+            make_spec(name, {"row_memory": 5})
 
 
 class _GradRecorder(SupervisedPlugin):
