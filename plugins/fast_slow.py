@@ -100,13 +100,6 @@ rest in. What comes from where:
   stored features), evaluation logits are unchanged. A base class storing 30x a 5-shot class's
   features then has to win by a margin of ``tau * log 30``; the rare classes' rows keep their
   reach instead of being fitted on the same footing (tau 1 is the balanced softmax).
-* [ours, after Yang et al. 2021, "Free lunch for few-shot learning: distribution calibration"]
-  ``row_synthetic=n``: a class storing fewer than ``n`` features gets Gaussian features up to
-  ``n`` for the rows' training, drawn in the cosine head's space (unit features) around the mean
-  of its own mean and the means of its 2 nearest rich classes (those storing at least ``n``),
-  with their averaged covariance plus a ridge of 0.1 x its mean variance. Per class rather than
-  per shot, no Tukey transform (the features are normalised instead). Drawn again each session
-  from a generator seeded by (``seed``, session), never stored.
 * [ours] ``meta_autocast="bf16"``: the episodes (the bulk of FSCL's extra cost) run under
   ``torch.autocast``; the slow weights and their updates stay fp32. A speed option only.
 * [ours] Few-shot generalisation is read from ``phi``: :meth:`slow_weights` swaps them
@@ -203,9 +196,6 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
             over its stored features. A float ``tau >= 0``: no weights, ``tau * log(prior)`` added
             to the training logits instead (logit adjustment; 0 = plain cross-entropy; ours,
             see the module doc). Only with ``row_steps`` > 0.
-        row_synthetic: with ``row_memory``, classes storing fewer features get calibrated
-            Gaussian features up to this count for the rows' training (>= 0; 0 = off; ours, see
-            the module doc). Cost: one ``(D, D)`` covariance per rich class and a Cholesky per poor one.
         meta_cache: run the episodes through the slow part of the network only (ours, for
             speed). ``model.features`` is cut (``torch.fx``) before the first layer with slow
             parameters; that frozen lower part is a fixed function (needs
@@ -258,7 +248,6 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         row_memory: int = 0,
         base_row_steps: int | None = None,
         row_logit_adjust: float | None = None,
-        row_synthetic: int = 0,
         meta_autocast: str | None = None,
         batch_size: int = 256,
         seed: int = 0,
@@ -306,10 +295,6 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
                 raise ValueError(f"row_logit_adjust must be None or a number >= 0, got {row_logit_adjust!r}")
             if not row_steps:
                 raise ValueError("row_logit_adjust needs row_steps > 0 (it sets the rows' training loss)")
-        if not isinstance(row_synthetic, int) or isinstance(row_synthetic, bool) or row_synthetic < 0:
-            raise ValueError(f"row_synthetic must be an integer >= 0, got {row_synthetic!r}")
-        if row_synthetic and not row_memory:
-            raise ValueError("row_synthetic needs row_memory > 0 (it calibrates on the stored features)")
         if row_memory and not row_steps:
             raise ValueError("row_memory > 0 needs row_steps > 0 (it only feeds the rows' training)")
         if row_memory and fast_from_slow:
@@ -346,7 +331,6 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         self.row_steps, self.row_lr = row_steps, float(row_lr)
         self.row_memory, self.base_row_steps = row_memory, base_row_steps
         self.row_logit_adjust = None if row_logit_adjust is None else float(row_logit_adjust)
-        self.row_synthetic = row_synthetic
         self._row_picker = ClassBalancedReplayPlugin(row_memory, seed=self.seed + 104729) if row_memory else None
         self.row_feats: Tensor | None = None  # (N, D) stored features (row_memory), CPU
         self.row_labels: Tensor | None = None  # (N,)
@@ -496,11 +480,7 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         if self.row_memory:
             self._store_row_features(model, exp, classes, s, strategy.device)
             steps = self.base_row_steps if s == 0 and self.base_row_steps is not None else self.row_steps
-            feats, labels = self.row_feats, self.row_labels
-            if self.row_synthetic:
-                extra, extra_labels = self._synthetic_features(feats, labels, s)
-                feats, labels = torch.cat([F.normalize(feats, dim=1), extra]), torch.cat([labels, extra_labels])
-            self._train_rows(model, feats.to(strategy.device), labels.to(strategy.device), steps)
+            self._train_rows(model, self.row_feats.to(strategy.device), self.row_labels.to(strategy.device), steps)
         self._old_rows = None
         self.sessions = s + 1
 
@@ -578,34 +558,6 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
             keep = ~torch.isin(self.row_labels, labels.unique())
             feats, labels = torch.cat([self.row_feats[keep], feats]), torch.cat([self.row_labels[keep], labels])
         self.row_feats, self.row_labels = feats, labels
-
-    def _synthetic_features(self, feats: Tensor, labels: Tensor, session: int) -> tuple[Tensor, Tensor]:
-        """``row_synthetic``: calibrated Gaussian features ``(M, D)`` (unit-norm space) with labels
-        ``(M,)`` that top up every class storing fewer than ``row_synthetic`` features."""
-        f = F.normalize(feats.float(), dim=1)
-        counts = torch.bincount(labels)
-        rich = torch.nonzero(counts >= self.row_synthetic).flatten()
-        poor = torch.nonzero((counts > 0) & (counts < self.row_synthetic)).flatten()
-        if len(rich) < 2 or not len(poor):
-            return f.new_zeros(0, f.shape[1]), labels.new_zeros(0)
-        means = torch.stack([f[labels == c].mean(0) for c in rich])  # (R, D)
-        gen = torch.Generator().manual_seed(self.seed * 1000 + 7919 + session)
-        out, out_labels, covs = [], [], {}
-        for c in poor.tolist():
-            own = f[labels == c].mean(0)
-            near = torch.cdist(own[None], means)[0].topk(2, largest=False).indices
-            for i in near.tolist():
-                if i not in covs:
-                    x = f[labels == rich[i]] - means[i]
-                    covs[i] = x.T @ x / max(1, len(x) - 1)
-            mu = (own + means[near].sum(0)) / 3
-            cov = sum(covs[i] for i in near.tolist()) / 2
-            cov = cov + 0.1 * cov.diagonal().mean().clamp_min(1e-8) * torch.eye(len(cov))
-            n = self.row_synthetic - int(counts[c])
-            z = torch.randn(n, len(mu), generator=gen)
-            out.append(mu + z @ torch.linalg.cholesky(cov).T)
-            out_labels.append(torch.full((n,), c, dtype=labels.dtype))
-        return torch.cat(out), torch.cat(out_labels)
 
     @torch.enable_grad()
     def _train_rows(self, model: nn.Module, feats: Tensor, labels: Tensor, steps: int | None = None) -> None:

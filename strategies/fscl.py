@@ -70,7 +70,7 @@ class FSCL(StrategySpec):
                  first_order: bool = True, meta_scale: float = 10.0, meta_norm_stats: str = "episode",
                  meta_cache: bool = False, session_meta_episodes: int = 0, session_meta_lr: float = 0.003,
                  session_meta_memory: int = 0, fast_from_slow: bool = False, row_steps: int = 0, row_lr: float = 0.1, row_memory: int = 0,
-                 row_logit_adjust: float | None = None, row_synthetic: int = 0,
+                 row_logit_adjust: float | None = None,
                  base_row_steps: int | None = None,
                  meta_autocast: str | None = None, slow: str | list[str] | None = "backbone",
                  epochs: int | None = None, base_epochs: int | None = None, seed: int = 0):
@@ -87,7 +87,7 @@ class FSCL(StrategySpec):
             meta_norm_stats=meta_norm_stats, meta_cache=meta_cache, session_meta_episodes=session_meta_episodes,
             session_meta_lr=session_meta_lr, session_meta_memory=session_meta_memory,
             fast_from_slow=fast_from_slow, row_steps=row_steps, row_lr=row_lr, row_memory=row_memory, base_row_steps=base_row_steps,
-            row_logit_adjust=row_logit_adjust, row_synthetic=row_synthetic, meta_autocast=meta_autocast, seed=seed,
+            row_logit_adjust=row_logit_adjust, meta_autocast=meta_autocast, seed=seed,
         )
         FastSlowConsolidationPlugin(**self.plugin_args)  # bad values fail here, before any output
 
@@ -114,4 +114,4 @@ register_variant(FSCL, "fscl_no_session_meta", "FSCL ablation: no slow-weight me
 register_variant(FSCL, "fscl_no_fast_from_slow", "FSCL ablation: fast weights not restarted from the slow ones after each session.",
                  fast_from_slow=False, row_steps=0, row_logit_adjust=None)
 register_variant(FSCL, "fscl_no_row_training", "FSCL ablation: the rows stay prototypes (row_steps=0, row_memory=0).",
-                 row_steps=0, row_memory=0, base_row_steps=None, row_logit_adjust=None, row_synthetic=0)
+                 row_steps=0, row_memory=0, base_row_steps=None, row_logit_adjust=None)

@@ -356,32 +356,6 @@ def test_row_logit_adjust_favours_the_rare_class():
     assert recall[1.0] > 0.95 and recall[1.0] > max(recall[0.0], recall[None]) + 0.05, recall
 
 
-def test_row_synthetic_tops_up_poor_classes_around_the_calibrated_mean():
-    """``row_synthetic=n``: every class storing fewer than ``n`` features gets ``n - count``
-    unit-space Gaussian features centred on the mean of its own mean and its 2 nearest rich
-    classes' means; the same draw for the same session, another for the next; nothing without
-    rich classes."""
-    gen = torch.Generator().manual_seed(0)
-    centres = F.normalize(torch.randn(6, 8, generator=gen), dim=1) * 3
-    feats = torch.cat([centres[c] + 0.1 * torch.randn(40 if c < 4 else 3, 8, generator=gen) for c in range(6)])
-    labels = torch.cat([torch.full((40 if c < 4 else 3,), c) for c in range(6)])
-    plugin = FastSlowConsolidationPlugin(row_memory=40, row_steps=1, row_synthetic=40)
-    x, y = plugin._synthetic_features(feats, labels, session=1)
-    assert x.shape == (2 * 37, 8) and torch.equal(y.unique(return_counts=True)[1], torch.tensor([37, 37]))
-    assert set(y.tolist()) == {4, 5}
-    unit = F.normalize(feats, dim=1)
-    means = torch.stack([unit[labels == c].mean(0) for c in range(6)])
-    for c in (4, 5):
-        near = torch.cdist(means[c][None], means[:4])[0].topk(2, largest=False).indices
-        expected = (means[c] + means[near].sum(0)) / 3
-        assert torch.allclose(x[y == c].mean(0), expected, atol=0.05)
-    again, _ = plugin._synthetic_features(feats, labels, session=1)
-    other, _ = plugin._synthetic_features(feats, labels, session=2)
-    assert torch.equal(x, again) and not torch.allclose(x, other)
-    none, _ = plugin._synthetic_features(feats[labels >= 3], labels[labels >= 3], session=1)
-    assert none.shape == (0, 8), "one rich class: nothing to calibrate on"
-
-
 def test_base_row_steps_set_the_base_sessions_steps_apart(scenario):
     """``base_row_steps=0``: the base session's rows stay its prototypes (the run's without row
     training), the incremental sessions' rows still train (``row_steps``)."""
@@ -540,9 +514,7 @@ def test_with_avalanche_replay_and_a_few_shot_first_session():
         assert base_accuracy(model, sc) > 0.5
 
 
-@pytest.mark.parametrize("rows", [{}, {"row_memory": 6, "row_steps": 10, "row_lr": 0.5},
-                                  {"row_memory": 8, "row_steps": 10, "row_lr": 0.5, "row_synthetic": 8}],
-                         ids=["plain", "row_memory", "row_synthetic"])
+@pytest.mark.parametrize("rows", [{}, {"row_memory": 6, "row_steps": 10, "row_lr": 0.5}], ids=["plain", "row_memory"])
 def test_resume_is_exact(scenario, rows):
     def make():
         return FastSlowConsolidationPlugin(fast_strength=50, slow_step=0.2, importance="fisher", **META, **rows)
@@ -564,7 +536,7 @@ def test_resume_is_exact(scenario, rows):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(ref_plugin.slow[k], second.slow[k]) for k in ref_plugin.slow)
     if rows:
-        assert torch.equal(ref_plugin.row_feats, second.row_feats) and len(second.row_labels) == rows["row_memory"] * 4 + 2 * 2 * 5
+        assert torch.equal(ref_plugin.row_feats, second.row_feats) and len(second.row_labels) == 6 * 4 + 2 * 2 * 5
 
 
 @pytest.mark.parametrize(
@@ -577,8 +549,6 @@ def test_resume_is_exact(scenario, rows):
         ({"base_row_steps": 5}, r"base_row_steps needs row_memory > 0"),
         ({"row_memory": 5, "row_steps": 5, "row_logit_adjust": -1.0}, r"row_logit_adjust must be None or a number >= 0, got -1.0"),
         ({"row_logit_adjust": 1.0}, r"row_logit_adjust needs row_steps > 0"),
-        ({"row_memory": 5, "row_steps": 5, "row_synthetic": -2}, r"row_synthetic must be an integer >= 0, got -2"),
-        ({"row_synthetic": 10}, r"row_synthetic needs row_memory > 0"),
         ({"row_memory": 5, "row_steps": 5, "fast_from_slow": True, "session_meta_episodes": 5, "session_meta_memory": 5},
          r"row_memory > 0 and fast_from_slow=True exclude each other"),
         ({"fast_strength": -1}, r"fast_strength must be >= 0, got -1"),
