@@ -25,12 +25,14 @@ strategy                    what is removed                                  fix
 ``fscl_no_session_meta``    the slow weights' meta-learning after every      ``session_meta_episodes=0``,
                             incremental session (the base session's kept)    ``session_meta_memory=0``,
                                                                              ``fast_from_slow=False``,
-                                                                             ``row_steps=0``
+                                                                             ``row_steps=0`` (and no
+                                                                             ``row_logit_adjust``)
 ``fscl_no_fast_from_slow``  the fast weights' restart from the slow ones     ``fast_from_slow=False``,
-                            after every session                              ``row_steps=0``
+                            after every session                              ``row_steps=0`` (and no
+                                                                             ``row_logit_adjust``)
 ``fscl_no_row_training``    the rows' training (on the memory after the      ``row_steps=0, row_memory=0``
-                            restart, or on the stored features): they stay
-                            prototypes
+                            restart, or on the stored features): they stay   (and no ``base_row_steps``,
+                            prototypes                                       ``row_logit_adjust``)
 ==========================  ===============================================  ==============================
 
 The rows' training on stored features (``row_memory``, the FSCIL streams' configs) is fast
