@@ -572,12 +572,12 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
         # re-weighted, or with the log prior added to the training logits (row_logit_adjust)
         counts = torch.bincount(labels, minlength=int(model.weight.shape[0])).float()
         present = counts[counts > 0]
+        unequal = not bool((present == present[0]).all())
         weight, shift = None, None
-        if self.row_logit_adjust is not None:
-            if self.row_logit_adjust and not bool((present == present[0]).all()):
-                shift = self.row_logit_adjust * torch.log(counts.clamp_min(1.0) / counts.sum())  # (classes,)
-        elif not bool((present == present[0]).all()):
+        if unequal and self.row_logit_adjust is None:
             weight = 1.0 / counts.clamp_min(1.0)
+        elif unequal and self.row_logit_adjust:
+            shift = self.row_logit_adjust * torch.log(counts.clamp_min(1.0) / counts.sum())  # (classes,)
 
         def logits(f: Tensor) -> Tensor:
             out = model.logits(f)
