@@ -19,6 +19,7 @@ ROWS = [
     ("omniglot_fscil", "prototype, 24 base epochs (3x)", "compute_matched/omniglot_fscil_proto_be24", "prototype"),
     ("omniglot_fscil", "fscl (recorded; base session ~1.45x)", "omniglot_fscil_fscl_la", "fscl"),
     ("omniglot_fscil", "raml (recorded; base session ~4x)", "omniglot_fscil_raml_lr003/amd", "raml"),
+    ("omniglot_fscil", "raml over the 12-epoch base (base session ~5.5x)", "compute_matched/omniglot_raml_be12_s01", "raml"),
     ("tiny_imagenet_fscil", "prototype, 8 base epochs (recorded)", "tiny_imagenet_fscil_fscl_rows", "prototype"),
     ("tiny_imagenet_fscil", "prototype, 12 base epochs (1.5x)", "compute_matched/tiny_imagenet_fscil_proto_be12", "prototype"),
     ("tiny_imagenet_fscil", "prototype, 24 base epochs (3x)", "compute_matched/tiny_imagenet_fscil_proto_be24", "prototype"),
@@ -27,7 +28,8 @@ ROWS = [
     ("tiny_imagenet_fscil", "raml, 600 episodes at meta_lr 0.1 (base session ~5x)", "compute_matched/tiny_raml_e600_s01", "raml"),
 ]
 EXTRA = {"tiny_imagenet_fscil_raml_amd/seeds01": "tiny_imagenet_fscil_raml_amd/seed2",
-         "compute_matched/tiny_raml_e600_s01": "compute_matched/tiny_raml_e600_s2"}
+         "compute_matched/tiny_raml_e600_s01": "compute_matched/tiny_raml_e600_s2",
+         "compute_matched/omniglot_raml_be12_s01": "compute_matched/omniglot_raml_be12_s2"}
 
 
 def load(folder: str, strategy: str) -> dict[int, dict]:
