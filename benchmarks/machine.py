@@ -9,20 +9,43 @@ from pathlib import Path
 __all__ = ["cpu_model", "device_problem"]
 
 
+# CPU features that pick different kernels (and so different float rounding and speed) in torch/oneDNN
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's ``key: value`` lines of ``/proc/cpuinfo`` (empty where unreadable)."""
+    out: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            out[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return out
+
+
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``'s ``model name``), else ``platform.processor()``.
+    """The CPU's type: ``/proc/cpuinfo``'s ``model name``, its family, model and stepping, and the
+    vector instructions torch's CPU kernels choose from, e.g. ``"AMD EPYC (family 25 model 1
+    stepping 1; avx2)"``; else ``platform.processor()``.
 
     Recorded because CPU kernels differ between CPU types: the same config and seed give the same
     bits on one CPU type, not across two (an Intel Xeon and an AMD EPYC moved a RAML seed by 1.1
-    points), so a result is only paired with results from the same model name.
+    points), so a result is only paired with results from the same string. The name alone is not
+    enough: virtual machines report ``"AMD EPYC"`` for a Zen 3 part without AVX-512 and a Zen 4 part
+    with AVX-512 BF16, whose numbers and timings differ.
     """
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    info = _cpuinfo()
+    name = info.get("model name")
+    if not name:
+        return platform.processor() or platform.machine()
+    ident = " ".join(f"{k} {info[k]}" for k in ("cpu family", "model", "stepping") if k in info).replace("cpu family", "family")
+    flags = set(info.get("flags", "").split())
+    isa = ", ".join(f for f in _ISA_FLAGS if f in flags) or "no avx2"
+    return f"{name} ({ident}; {isa})" if ident else f"{name} ({isa})"
 
 
 def device_problem(device: str, check_available: bool = True) -> str | None:

@@ -421,10 +421,18 @@ def test_cpu_model_reads_proc_cpuinfo(monkeypatch, tmp_path):
     from avalanche_fscl.benchmarks import machine
 
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\nflags\t: fpu\n")
     real = machine.Path
     monkeypatch.setattr(machine, "Path", lambda p: real(info) if p == "/proc/cpuinfo" else real(p))
-    assert machine.cpu_model() == "AMD EPYC 9R14"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\nflags\t: fpu\n")
+    assert machine.cpu_model() == "AMD EPYC 9R14 (no avx2)"
+    # two parts a virtual machine names alike: the family/model and the vector ISA tell them apart
+    # (only the first processor's block is read)
+    zen3 = "cpu family\t: 25\nmodel\t\t: 1\nstepping\t: 1\nflags\t\t: fpu avx avx2 fma\n"
+    zen4 = "cpu family\t: 25\nmodel\t\t: 17\nstepping\t: 1\nflags\t\t: avx2 avx512f avx512_vnni avx512_bf16\n"
+    info.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\n{zen3}\nprocessor\t: 1\nmodel name\t: other\n{zen4}")
+    assert machine.cpu_model() == "AMD EPYC (family 25 model 1 stepping 1; avx2)"
+    info.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\n{zen4}")
+    assert machine.cpu_model() == "AMD EPYC (family 25 model 17 stepping 1; avx2, avx512f, avx512_vnni, avx512_bf16)"
     monkeypatch.setattr(machine, "Path", lambda p: real(tmp_path / "missing"))
     monkeypatch.setattr(machine.platform, "processor", lambda: "")
     assert machine.cpu_model() == machine.platform.machine()
