@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .machine import restores_torch_threads
+
 __all__ = ["METHODS", "ABLATIONS", "SHIFTS", "apply_shift", "tune_prompts", "run_base_to_new"]
 
 METHODS = ("zeroshot", "coop", "vpt", "gram_coop", "gram_vpt", "unigram")
@@ -150,6 +152,7 @@ def _stats(v: Sequence[float]) -> dict[str, float]:
     return {"mean": round(float(a.mean()), 2), "std": round(float(a.std(ddof=1)) if len(a) > 1 else 0.0, 2), "n": len(a)}
 
 
+@restores_torch_threads
 def run_base_to_new(
     output: str | os.PathLike,
     *,

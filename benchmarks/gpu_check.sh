@@ -10,7 +10,8 @@
 # seed of prototype / fscl / raml on cuda; the main job (digits) on cuda and cpu.
 # Everything lands in $OUT/gpu_check.tar (re-packed after every step) and $OUT/steps.log.
 # GPU_DEVICE=cpu QUICK=1 GPU_DATA=../shared/data dry-runs it on a machine without a GPU, in the
-# active environment and with tiny settings (about 3 minutes; a slow test does this). Results go
+# active environment and with tiny settings (about 3 minutes; a slow test does this); there the bf16 regulator
+# step runs only on a CPU with native bf16 (avx512_bf16/amx_bf16), a recorded skip otherwise. Results go
 # to GPU_CHECK_DIR (default /tmp/gpu_check, which must be empty). Exit status: failed steps.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}; R=${GPU_CHECK_DIR:-/tmp/gpu_check}; DATA=${GPU_DATA:-.gpudata}; DEV=${GPU_DEVICE:-cuda}
@@ -50,8 +51,14 @@ DEVICES=("$DEV"); [ "$DEV" = cpu ] || DEVICES+=(cpu)  # the CPU reference rows, 
 NT=$(nproc)
 M=avalanche_fscl.benchmarks
 run 150 cuda_tests python3 -m pytest -q -m cuda -rs -p no:cacheprovider tests/
+# bf16 on a CPU without native bf16 (no avx512_bf16/amx_bf16) is emulated, >10x slower: the dry run records a skip
+CPU_BF16=1; grep -q -w -E "avx512_bf16|amx_bf16" /proc/cpuinfo 2>/dev/null || CPU_BF16=
 for ac in none bf16; do
     a=(); [ $ac = bf16 ] && a=(--autocast bf16)
+    if [ $ac = bf16 ] && [ "$DEV" = cpu ] && [ -z "$CPU_BF16" ]; then
+        step "regulator_cost_cpu_bf16: skipped (this CPU has no native bf16: no avx512_bf16/amx_bf16 in /proc/cpuinfo)"
+        echo "no native bf16 on this CPU" > "$R/regulator_cost_cpu_bf16.skipped"; pack; continue
+    fi
     run 60 "regulator_cost_${DEV}_$ac" python3 -m $M.regulator_cost --clip-checkpoint none --steps $STEPS --device "$DEV" "${a[@]}" --out "$R/regulator_cost_${DEV}_$ac.json"
 done
 [ "$DEV" = cpu ] || run 60 regulator_cost_cpu_none python3 -m $M.regulator_cost --clip-checkpoint none --steps $STEPS --threads "$NT" --out "$R/regulator_cost_cpu_none.json"

@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import re
 from pathlib import Path
+from typing import Callable, TypeVar
 
-__all__ = ["cpu_model", "device_problem"]
+__all__ = ["cpu_model", "device_problem", "restores_torch_threads"]
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def restores_torch_threads(fn: _F) -> _F:
+    """Decorate an entry point that sets ``torch.set_num_threads`` from its config (a suite, a
+    pretraining, a meta-training) so the caller's thread count is back when it returns or raises:
+    a library call must not leave the whole process on one thread."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        n = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(n)
+
+    return wrapper  # type: ignore[return-value]
 
 
 # CPU features that pick different kernels (and so different float rounding and speed) in torch/oneDNN

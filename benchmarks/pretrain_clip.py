@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.amp import fastest_autocast
-from .machine import cpu_model, device_problem
+from .machine import cpu_model, device_problem, restores_torch_threads
 
 __all__ = ["CLIPRecipe", "load_recipe", "list_recipes", "pretrain_clip", "zero_shot_accuracy", "color_augment", "RECIPE_DIR"]
 
@@ -297,6 +297,7 @@ class _EvalSets:
 # ------------------------------------------------------------------------------ training
 
 
+@restores_torch_threads
 def pretrain_clip(
     recipe: CLIPRecipe,
     output: str | os.PathLike,

@@ -59,7 +59,7 @@ from ..strategies import (
 from .cache import BaseSessionCache, CacheError, code_fingerprint, package_versions
 from .config import ConfigError, RunConfig, check_light, config_from_dict, config_to_dict, read_yaml
 from .io import load_torch, save_torch, write_json, write_text
-from .machine import cpu_model
+from .machine import cpu_model, restores_torch_threads
 from .report import aggregate, flat_table, write_report
 
 __all__ = [
@@ -475,6 +475,7 @@ def _check_strategies(cfg: RunConfig, scenarios: dict[int, FSCILScenario]) -> No
                 raise ConfigError(f"strategy {name}: {e}") from None
 
 
+@restores_torch_threads
 def run_benchmark(
     cfg: RunConfig,
     *,

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..benchmarks.machine import restores_torch_threads
 from .amp import check_autocast
 from .prompts import PromptedCLIP
 from .regulator import REGULATOR_MODES, GradientRegulator
@@ -252,6 +253,7 @@ def _embed_corpus(net: PromptedCLIP, corpus, transform, device, batch: int = 500
     return text.numpy(), torch.cat(feats).numpy()
 
 
+@restores_torch_threads
 def meta_train_gram(
     config: GRAMMetaConfig,
     output: str | os.PathLike,

@@ -104,6 +104,7 @@ def test_omniglot_rejects_too_many_sessions(data_root):
         omniglot_fscil(data_root, sessions=70)
 
 
+@pytest.mark.slow  # decodes ~20k-65k JPEGs into a private cache (10-20 s each on 2 cores)
 def test_tiny_imagenet_protocol(data_root):
     require_dataset(data_root, "tiny_imagenet")
     bm = tiny_imagenet_fscil(data_root)
@@ -161,6 +162,7 @@ def test_omniglot_heldout_pool_and_validation_protocol(data_root):
         omniglot_fscil(data_root, validation=True, base_classes=900, heldout_classes=65)
 
 
+@pytest.mark.slow  # decodes ~20k-65k JPEGs into a private cache (10-20 s each on 2 cores)
 def test_tiny_imagenet_heldout_is_cifar10_test_and_validation_uses_train_images(data_root):
     require_dataset(data_root, "tiny_imagenet")
     require_dataset(data_root, "cifar10_jpeg")
@@ -206,6 +208,7 @@ def test_omniglot_external_corpus_is_the_characters_nothing_else_uses(data_root)
         omniglot_fscil(data_root, external_classes=460)
 
 
+@pytest.mark.slow  # decodes ~20k-65k JPEGs into a private cache (10-20 s each on 2 cores)
 def test_tiny_imagenet_external_corpus_is_cifar10_train_images(data_root):
     require_dataset(data_root, "tiny_imagenet")
     require_dataset(data_root, "cifar10_jpeg")

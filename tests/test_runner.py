@@ -491,3 +491,29 @@ def test_train_autocast_auto_is_resolved_by_timing_recorded_and_keys_the_base_se
         digits_fscil(seed=0), config=config_from_dict(quick_config(tmp_path, train={**QUICK["train"], "autocast": ac}))))
         for ac in (None, "bf16")}
     assert keys["bf16"]["base"] == [*keys[None]["base"], "bf16"] and len(keys[None]["base"]) == 7, "fp32 keeps its old key"
+
+
+def test_library_entry_points_give_the_callers_thread_count_back(tmp_path):
+    """A suite run with ``num_threads: 1`` (and each other entry point that sets threads) restores
+    the caller's count, also when it raises: a library call must not leave the process on one thread."""
+    from avalanche_fscl.benchmarks import base_to_new, pretrain_clip, runner
+    from avalanche_fscl.benchmarks.machine import restores_torch_threads
+    from avalanche_fscl.models import gram
+
+    for fn in (runner.run_benchmark, pretrain_clip.pretrain_clip, gram.meta_train_gram, base_to_new.run_base_to_new):
+        assert fn.__wrapped__ is not None, fn.__name__
+
+    @restores_torch_threads
+    def sets_one_and_fails():
+        torch.set_num_threads(1)
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("boom")
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            sets_one_and_fails()
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
