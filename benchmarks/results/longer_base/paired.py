@@ -47,6 +47,11 @@ def last(run: dict, key: str = "acc") -> float:
     return 100 * run["table"]["sessions"][-1][key]
 
 
+def pd_points(run: dict) -> float:
+    """Performance drop: session-0 minus last-session accuracy, in points."""
+    return 100 * (run["table"]["sessions"][0]["acc"] - run["table"]["sessions"][-1]["acc"])
+
+
 def fmt(xs: list[float]) -> str:
     if not xs:
         return ""
@@ -70,7 +75,7 @@ def main() -> None:
         for s in (s for s in order if s in runs):
             r, seeds = runs[s], sorted(runs[s])
             old = load(recorded.get(s, default), s)
-            pd = [100 * (r[k]["table"]["sessions"][0]["acc"] - r[k]["table"]["sessions"][-1]["acc"]) for k in seeds]
+            pd = [pd_points(r[k]) for k in seeds]
             held = [100 * r[k]["columns"]["heldout_5w5s"]["values"][-1] for k in seeds]
             base = [r[k]["session_times_s"][0] for k in seeds]
             print(f"| {s} | {' / '.join(f'{last(r[k]):.2f}' for k in seeds)} | {fmt([last(r[k]) for k in seeds])} "

@@ -29,7 +29,7 @@ def main() -> None:
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         for s in (s for s in ORDER if runs[s]):
             r, seeds = runs[s], sorted(runs[s])
-            pd = [100 * (r[k]["table"]["sessions"][0]["acc"] - r[k]["table"]["sessions"][-1]["acc"]) for k in seeds]
+            pd = [lb.pd_points(r[k]) for k in seeds]
             t0 = [r[k]["session_times_s"][0] for k in seeds]
             print(f"| {s} | {' / '.join(f'{lb.last(r[k]):.2f}' for k in seeds)} | {lb.fmt([lb.last(r[k]) for k in seeds])} "
                   f"| {lb.fmt([lb.last(r[k], 'novel') for k in seeds])} | {lb.fmt(pd)} "
