@@ -1,5 +1,6 @@
 """Print this page's tables: every row over the longer base training, paired by seed with
-`prototype` on the same base and with the same strategy's recorded row over the 8-epoch base.
+`prototype` on the same base and with the same strategy's recorded row over the 8-epoch base
+(one table per folder set: rows pair only within a CPU type).
 
 Run from the repository root: ``python benchmarks/results/longer_base/paired.py``.
 Reads ``runs/<strategy>/seed<k>.json`` under ``benchmarks/results``.
@@ -28,6 +29,12 @@ SUITES = {
          "raml": ["tiny_imagenet_fscil_raml_amd/seeds01", "tiny_imagenet_fscil_raml_amd/seed2"],
          "knn": ["tiny_imagenet_fscil_raml_amd/seeds01", "tiny_imagenet_fscil_raml_amd/seed2"],
          "fscl_no_meta": ["tiny_imagenet_fscil_fscl_rows/ablations"], "fscl_slow_only": ["tiny_imagenet_fscil_fscl_lr01"]},
+        ["tiny_imagenet_fscil"],
+    ),
+    # the seventeenth session's rows on a Zen 3 AMD EPYC: they pair only with each other
+    "tiny_imagenet_fscil, Zen 3 (`finetune`, `ewc`, `lwf`, `joint` on 3 seeds)": (
+        ["longer_base/tiny_imagenet_fscil_zen3"],
+        {"prototype": ["tiny_imagenet_fscil_fscl_rows"]},
         ["tiny_imagenet_fscil"],
     ),
 }
