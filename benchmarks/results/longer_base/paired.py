@@ -14,7 +14,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent.parent
 
-# stream -> (this page's folders, {strategy: folders of its recorded 8-epoch row}, default recorded folders)
+# table label (its stream first) -> (this page's folders, {strategy: folders of its recorded 8-epoch row}, default recorded folders)
 SUITES = {
     "omniglot_fscil": (
         ["longer_base/omniglot_fscil"],
