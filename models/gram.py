@@ -30,6 +30,7 @@ keep new classes out (the base-to-new benchmark meta-trains on its base classes 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -87,7 +88,8 @@ class GRAMMetaConfig:
     inner_steps, inner_lr: inner loop (SGD on the regulated gradient; match the downstream lr).
     inner_clip_grad: clip the regulated inner-loop gradient to this global L2 norm (ours; match a
         downstream ``clip_grad``); ``None`` (default): no clipping.
-    first_order: treat the support gradient as a constant (default) or keep its graph.
+    first_order: treat the support gradient as a constant (default) or keep its graph (second order;
+        attention then runs on the math kernel, the fused ones having no double backward).
     outer_lr, regulator_lr: Adam learning rates; clip_grad: max grad norm of each.
     autocast: ``None`` (fp32), ``"bf16"`` or ``"fp16"``: the CLIP towers' forward passes under
         ``torch.autocast`` (prompts, regulator and logits stay fp32), as ``PromptedCLIP``'s.
@@ -241,6 +243,16 @@ def _task_logits(net: PromptedCLIP, x: Tensor, names: Sequence[str], prompts: Ma
 
 
 @torch.no_grad()
+def _attention_kernels(first_order: bool):
+    """The attention kernels meta-training may use: any for first order; for second order only the
+    math kernel, since the fused (flash) kernels have no double backward (an error on CPU)."""
+    if first_order:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def _embed_corpus(net: PromptedCLIP, corpus, transform, device, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
     clip = net.clip
     feats = [clip.encode_image(transform(corpus.images[i : i + batch].to(device)), normalize=True).float().cpu()
@@ -335,28 +347,29 @@ def meta_train_gram(
         opt_r.zero_grad(set_to_none=True)
         gain = 0.0
         for _ in range(config.meta_batch):
-            s_idx, ys, q_idx, yq, concepts = sampler.sample(g)
-            names = [names_all[c] for c in concepts]
-            zs = zero_shot[concepts].to(device) if zero_shot is not None else None
-            xs = transform(corpus.images[torch.from_numpy(s_idx)].to(device))
-            xq = transform(corpus.images[torch.from_numpy(q_idx)].to(device))
-            ys_t, yq_t = torch.from_numpy(ys).to(device), torch.from_numpy(yq).to(device)
-            fast = dict(net.named_prompt_parameters())
-            with torch.no_grad():
-                before = F.cross_entropy(_task_logits(net, xq, names, fast, zs), yq_t).item()
-            n_sup = config.ways  # the support's classes come first
-            for _ in range(config.inner_steps):
-                loss_s = F.cross_entropy(_task_logits(net, xs, names[:n_sup], fast, None if zs is None else zs[:n_sup]), ys_t)
-                grads = torch.autograd.grad(loss_s, list(fast.values()), create_graph=not config.first_order)
-                upd = [reg(n, gr.detach() if config.first_order else gr) for n, gr in zip(fast, grads)]
-                if config.inner_clip_grad is not None:  # as clip_grad_norm_ downstream, kept differentiable
-                    norm = torch.sqrt(sum(u.pow(2).sum() for u in upd))
-                    scale = (config.inner_clip_grad / (norm + 1e-6)).clamp(max=1.0)
-                    upd = [u * scale for u in upd]
-                fast = {n: w - config.inner_lr * u for (n, w), u in zip(fast.items(), upd)}
-            loss_q = F.cross_entropy(_task_logits(net, xq, names, fast, zs), yq_t)
-            (loss_q / config.meta_batch).backward()
-            gain += (before - loss_q.item()) / config.meta_batch
+            with _attention_kernels(config.first_order):
+                s_idx, ys, q_idx, yq, concepts = sampler.sample(g)
+                names = [names_all[c] for c in concepts]
+                zs = zero_shot[concepts].to(device) if zero_shot is not None else None
+                xs = transform(corpus.images[torch.from_numpy(s_idx)].to(device))
+                xq = transform(corpus.images[torch.from_numpy(q_idx)].to(device))
+                ys_t, yq_t = torch.from_numpy(ys).to(device), torch.from_numpy(yq).to(device)
+                fast = dict(net.named_prompt_parameters())
+                with torch.no_grad():
+                    before = F.cross_entropy(_task_logits(net, xq, names, fast, zs), yq_t).item()
+                n_sup = config.ways  # the support's classes come first
+                for _ in range(config.inner_steps):
+                    loss_s = F.cross_entropy(_task_logits(net, xs, names[:n_sup], fast, None if zs is None else zs[:n_sup]), ys_t)
+                    grads = torch.autograd.grad(loss_s, list(fast.values()), create_graph=not config.first_order)
+                    upd = [reg(n, gr.detach() if config.first_order else gr) for n, gr in zip(fast, grads)]
+                    if config.inner_clip_grad is not None:  # as clip_grad_norm_ downstream, kept differentiable
+                        norm = torch.sqrt(sum(u.pow(2).sum() for u in upd))
+                        scale = (config.inner_clip_grad / (norm + 1e-6)).clamp(max=1.0)
+                        upd = [u * scale for u in upd]
+                    fast = {n: w - config.inner_lr * u for (n, w), u in zip(fast.items(), upd)}
+                loss_q = F.cross_entropy(_task_logits(net, xq, names, fast, zs), yq_t)
+                (loss_q / config.meta_batch).backward()
+                gain += (before - loss_q.item()) / config.meta_batch
         torch.nn.utils.clip_grad_norm_(init, config.clip_grad)
         torch.nn.utils.clip_grad_norm_(reg.parameters(), config.clip_grad)
         opt_p.step()

@@ -456,6 +456,20 @@ def test_meta_training_resumes_exactly_and_learns_a_regulator(tmp_path):
     assert torch.equal(again["prompts"]["ctx"], straight["prompts"]["ctx"])
 
 
+def test_second_order_meta_training_runs_through_attention_and_differs_from_first_order(tmp_path):
+    # the fused CPU attention kernel has no double backward; second order must still train
+    cfg = dict(clip_model=TEST_MODEL, prompt="unigram", topics=1, domains=2, ways=2, shots=2, queries=3,
+               episodes=2, meta_batch=1, inner_steps=2, inner_lr=0.5, regulator_lr=0.01)
+    first = load_gram_checkpoint(meta_train_gram(GRAMMetaConfig(**cfg), tmp_path / "fo", corpus=_toy_corpus(), progress=False))
+    second = load_gram_checkpoint(meta_train_gram(GRAMMetaConfig(**cfg, first_order=False), tmp_path / "so",
+                                                  corpus=_toy_corpus(), progress=False))
+    assert second["config"]["first_order"] is False
+    for k, v in second["prompts"].items():
+        assert torch.isfinite(v).all(), k
+    assert any(not torch.allclose(v, first["regulator"][k]) for k, v in second["regulator"].items()), \
+        "the second-order term reaches the regulator"
+
+
 def test_meta_training_under_bf16_autocast_learns_in_fp32_tensors(tmp_path):
     cfg = dict(clip_model=TEST_MODEL, prompt="unigram", topics=1, domains=2, ways=2, shots=2, queries=3,
                episodes=3, meta_batch=2, inner_lr=0.5, regulator_lr=0.01)
