@@ -242,7 +242,6 @@ def _task_logits(net: PromptedCLIP, x: Tensor, names: Sequence[str], prompts: Ma
     return net.clip.logit_scale.exp().float() * img.float() @ txt.float().T
 
 
-@torch.no_grad()
 def _attention_kernels(first_order: bool):
     """The attention kernels meta-training may use: any for first order; for second order only the
     math kernel, since the fused (flash) kernels have no double backward (an error on CPU)."""
@@ -253,6 +252,7 @@ def _attention_kernels(first_order: bool):
     return sdpa_kernel(SDPBackend.MATH)
 
 
+@torch.no_grad()
 def _embed_corpus(net: PromptedCLIP, corpus, transform, device, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
     clip = net.clip
     feats = [clip.encode_image(transform(corpus.images[i : i + batch].to(device)), normalize=True).float().cpu()
