@@ -77,7 +77,8 @@ def prompt_flags(kind: str, n_ctx: int = 4, ctx_init: str | None = None, n_vpt: 
 class GRAMMetaConfig:
     """Meta-training settings (units in brackets).
 
-    clip_model / clip_checkpoint: the frozen CLIP (``load_clip`` arguments).
+    clip_model / clip_checkpoint: the frozen CLIP (``load_clip`` arguments; ``clip_checkpoint=None`` is a
+        randomly initialised CLIP, as in ``load_clip``: pass ``"fscl"`` for the kept weights, the CLIs' default).
     prompt: ``coop``, ``vpt`` or ``unigram``; n_ctx, ctx_init, n_vpt, vpt_deep: the prompts.
     regulator: ``affine`` or ``gated``; regulator_hidden: its hidden width.
     sources / tiny_classes: the corpus (``caption_corpus``); tiny_classes ``None`` = all.
@@ -86,6 +87,10 @@ class GRAMMetaConfig:
     query_new: extra query-only concepts per task (ours; 0 = the paper's same-concept query).
     episodes: outer steps; meta_batch: tasks per outer step.
     inner_steps, inner_lr: inner loop (SGD on the regulated gradient; match the downstream lr).
+    inner_lr_visual: inner lr of the visual prompt tokens (ours; ignored by ``coop``); ``None``
+        (default): ``inner_lr``. Five inner steps move the support loss ~4x less through the visual
+        tokens than through the text context at the same lr (kept ViT CLIP), so UNIGRAM's two prompt
+        kinds may need two inner lrs (validation summary, "GRAM's meta settings per prompt kind").
     inner_clip_grad: clip the regulated inner-loop gradient to this global L2 norm (ours; match a
         downstream ``clip_grad``); ``None`` (default): no clipping.
     first_order: treat the support gradient as a constant (default) or keep its graph (second order;
@@ -117,6 +122,7 @@ class GRAMMetaConfig:
     meta_batch: int = 4
     inner_steps: int = 1
     inner_lr: float = 0.002
+    inner_lr_visual: float | None = None
     inner_clip_grad: float | None = None
     first_order: bool = True
     outer_lr: float = 1e-3
@@ -142,6 +148,9 @@ class GRAMMetaConfig:
         if self.query_new < 0:
             raise ValueError(f"query_new={self.query_new!r} must be >= 0")
         check_autocast(self.autocast)
+        for name in ("inner_lr", "inner_lr_visual"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
         if self.inner_clip_grad is not None and not self.inner_clip_grad > 0:
             raise ValueError(f"inner_clip_grad={self.inner_clip_grad!r} must be > 0 (or None for no clipping)")
 
@@ -337,6 +346,8 @@ def meta_train_gram(
         save_torch(path, ck)
 
     names_all = corpus.concept_names
+    visual_lr = config.inner_lr if config.inner_lr_visual is None else config.inner_lr_visual
+    inner_lrs = {n: visual_lr if n == "vpt" else config.inner_lr for n in widths}
     t_ckpt, t_run, start = time.monotonic(), time.monotonic(), state["elapsed_s"]
     bar = tqdm(total=config.episodes, initial=state["step"], disable=not progress, desc=f"meta-train-gram {config.prompt}")
     ema = None
@@ -366,7 +377,7 @@ def meta_train_gram(
                         norm = torch.sqrt(sum(u.pow(2).sum() for u in upd))
                         scale = (config.inner_clip_grad / (norm + 1e-6)).clamp(max=1.0)
                         upd = [u * scale for u in upd]
-                    fast = {n: w - config.inner_lr * u for (n, w), u in zip(fast.items(), upd)}
+                    fast = {n: w - inner_lrs[n] * u for (n, w), u in zip(fast.items(), upd)}
                 loss_q = F.cross_entropy(_task_logits(net, xq, names, fast, zs), yq_t)
                 (loss_q / config.meta_batch).backward()
                 gain += (before - loss_q.item()) / config.meta_batch

@@ -514,6 +514,30 @@ def test_meta_training_inner_clipping_changes_only_what_it_bounds(tmp_path):
     assert not torch.equal(runs["none"]["prompts"]["ctx"], runs["tight"]["prompts"]["ctx"])
 
 
+def test_meta_training_visual_inner_lr_applies_to_the_visual_tokens_only(tmp_path):
+    """``inner_lr_visual`` equal to ``inner_lr`` is the unset run bit for bit; another value changes
+    UNIGRAM's meta-training (the visual tokens' inner steps differ) and is ignored by CoOp."""
+    corpus = _toy_corpus()
+    kw = dict(clip_model=TEST_MODEL, topics=1, domains=2, ways=2, shots=2, queries=3, episodes=2, meta_batch=1,
+              inner_steps=2, inner_lr=0.5, regulator_lr=0.05)
+    runs = {}
+    for prompt, name, visual in [("unigram", "unset", None), ("unigram", "same", 0.5), ("unigram", "big", 50.0),
+                                 ("coop", "unset", None), ("coop", "big", 50.0)]:
+        torch.manual_seed(0)
+        path = meta_train_gram(GRAMMetaConfig(prompt=prompt, inner_lr_visual=visual, **kw), tmp_path / f"{prompt}_{name}",
+                               corpus=corpus, progress=False)
+        runs[prompt, name] = load_gram_checkpoint(path)
+    same, unset, big = runs["unigram", "same"], runs["unigram", "unset"], runs["unigram", "big"]
+    assert all(torch.equal(same["prompts"][k], unset["prompts"][k]) for k in unset["prompts"])
+    assert all(torch.equal(same["regulator"][k], unset["regulator"][k]) for k in unset["regulator"])
+    assert not torch.equal(big["prompts"]["vpt"], unset["prompts"]["vpt"])
+    assert torch.equal(runs["coop", "big"]["prompts"]["ctx"], runs["coop", "unset"]["prompts"]["ctx"])
+    with pytest.raises(ValueError, match="inner_lr_visual=0 must be > 0"):
+        GRAMMetaConfig(inner_lr_visual=0)
+    with pytest.raises(ValueError, match="inner_lr=-1 must be > 0"):
+        GRAMMetaConfig(inner_lr=-1)
+
+
 @pytest.mark.parametrize("prompt", ["coop", "vpt"])
 def test_meta_training_with_unseen_query_concepts_moves_the_init(tmp_path, prompt):
     corpus = _toy_corpus()
