@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Callable, TypeVar
 
-__all__ = ["cpu_model", "device_problem", "restores_torch_threads"]
+__all__ = ["cpu_model", "device_problem", "machine_name", "restores_torch_threads"]
 
 _F = TypeVar("_F", bound=Callable)
 
@@ -68,6 +68,17 @@ def cpu_model() -> str:
     flags = set(info.get("flags", "").split())
     isa = ", ".join(f for f in _ISA_FLAGS if f in flags) or "no avx2"
     return f"{name} ({ident}; {isa})" if ident else f"{name} ({isa})"
+
+
+def machine_name(device: str = "cpu") -> str:
+    """What computes on ``device``: :func:`cpu_model` for ``cpu``, the GPU's name for ``cuda[:N]``
+    (e.g. ``"NVIDIA H200"``), ``"mps"``. Results pair, and speed choices hold, only within one name."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return cpu_model() if dev.type == "cpu" else dev.type
 
 
 def device_problem(device: str, check_available: bool = True) -> str | None:

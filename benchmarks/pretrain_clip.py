@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.amp import fastest_autocast
-from .machine import cpu_model, device_problem, restores_torch_threads
+from .machine import cpu_model, device_problem, machine_name, restores_torch_threads
 
 __all__ = ["CLIPRecipe", "load_recipe", "list_recipes", "pretrain_clip", "zero_shot_accuracy", "color_augment", "RECIPE_DIR"]
 
@@ -51,6 +51,9 @@ class CLIPRecipe:
     weight_decay: on matrices only (not gains, biases, embeddings, logit scale).
     loss: ``"unicl"`` (pairs of one concept are positives) or ``"clip"`` (InfoNCE on the diagonal).
     precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"`` (time both on the first batch, keep the faster).
+        ``auto`` is decided again when a run resumes on another CPU type (``cpu_model``) or GPU, since
+        bf16 is 1.9x faster on one CPU here and 16x slower on another; a fixed precision is kept, and
+        changing it on resume (``--set precision=... --allow-recipe-change``) applies from that step.
     threads: torch CPU threads (0 = leave torch's default).
     channels_last: ``load_clip``'s argument (``None``: on for a convolutional image tower). A speed
         setting, like ``threads``: same training up to float rounding. On the Intel Xeon (AMX), one
@@ -324,6 +327,7 @@ def pretrain_clip(
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    machine = machine_name(device)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
@@ -352,6 +356,8 @@ def pretrain_clip(
         state = ck["state"]
         if changed:
             state.setdefault("recipe_changes", []).append({"step": state["step"], "changed": changed})
+        if "precision" in changed or (recipe.precision == "auto" and state.get("precision_machine") != machine):
+            state["precision"] = None  # decided again below: ``auto`` is the faster one on *this* machine
         print(f"pretrain-clip: resuming {out} at step {state['step']}/{total}", file=sys.stderr)
     evals = _EvalSets(data_root)
 
@@ -413,6 +419,10 @@ def pretrain_clip(
             state["precision"] = best or "fp32"
             state["precision_timing_s"] = times
             print(f"pretrain-clip: step time fp32 {times['fp32']:.3f}s, bf16 {times['bf16']:.3f}s -> {state['precision']}", file=sys.stderr)
+        state["precision_machine"] = machine
+        state.setdefault("precision_history", []).append(  # which steps ran in which precision, where
+            {"from_step": state["step"], "precision": state["precision"], "machine": machine,
+             "timing_s": state.get("precision_timing_s") if recipe.precision == "auto" else None})
     bf16 = state["precision"] == "bf16"
 
     def save() -> None:
@@ -453,6 +463,7 @@ def pretrain_clip(
     bar.close()
     save()
     summary = {"recipe": asdict(recipe), "steps": state["step"], "total_steps": total, "precision": state["precision"],
+               "precision_history": state.get("precision_history", []),
                "wall_minutes": round(state["elapsed_s"] / 60, 1), "history": state["history"],
                "corpus_images": len(corpus), "threads": torch.get_num_threads(), "device": device,
                "cpu_model": cpu_model(),

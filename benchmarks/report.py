@@ -190,6 +190,16 @@ def plot_sessions(summary: dict[str, Any], path: Path, title: str) -> None:
         fig.savefig(tmp, format="png")
 
 
+def _machines(runs: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Machine -> the ``strategy/seed`` runs with a session computed there (runs recorded before
+    ``session_machines`` existed count for none)."""
+    out: dict[str, list[str]] = {}
+    for r in runs:
+        for m in dict.fromkeys(m for m in r.get("session_machines") or [] if m):
+            out.setdefault(m, []).append(f"{r['strategy']}/seed{r['seed']}")
+    return out
+
+
 def _provenance_lines(results: dict[str, Any]) -> list[str]:
     env = results["environment"]
     lines = [
@@ -198,8 +208,15 @@ def _provenance_lines(results: dict[str, Any]) -> list[str]:
         f"device {env['device_name']}; torch {env['torch']}, avalanche {env['avalanche']}; "
         f"commit {env.get('git_commit') or 'unknown'}",
     ]
+    first = env.get("cpu_model")
     for inv in results.get("invocations", [])[1:]:
-        lines.append(f"- Resumed: `{inv['command']}` (commit {inv['environment'].get('git_commit') or 'unknown'})")
+        other = inv["environment"].get("cpu_model")
+        where = f" on {other}" if other and other != first else ""
+        lines.append(f"- Resumed: `{inv['command']}` (commit {inv['environment'].get('git_commit') or 'unknown'}){where}")
+    mixed = _machines(results.get("runs", []))
+    if len(mixed) > 1:  # CPU types differ in kernels: the same seed gives other numbers on each
+        lines.append("- **Runs on more than one machine** (results pair only within one): " + "; ".join(
+            f"{m}: {', '.join(runs)}" for m, runs in mixed.items()))
     lines.append(
         f"- Wall time: {results['wall_time_s_all_sessions']:.1f} s summed over the (strategy, seed) runs"
         + (f"; {results['wall_time_s']:.1f} s of process time over {len(results.get('invocations', []))} invocation(s)"

@@ -5,7 +5,8 @@ Layout of an output folder::
     config.yaml                          resolved config (what --resume reads)
     run.json                             provenance: suite id, command, environment per invocation
     checkpoints/<strategy>/seed<k>.pt    state after the last finished session (deleted when done)
-    runs/<strategy>/seed<k>.json         a finished (strategy, seed): FSCIL table, columns, timings
+    runs/<strategy>/seed<k>.json         a finished (strategy, seed): FSCIL table, columns, timings,
+                                         the machine of each session (resumes may move)
     results.json / results.md / sessions.png   the suite's report
     wandb/                               offline W&B runs (--wandb offline): complete runs only
     wandb-setaside/                      offline files of killed attempts, replaced on --resume
@@ -59,7 +60,7 @@ from ..strategies import (
 from .cache import BaseSessionCache, CacheError, code_fingerprint, package_versions
 from .config import ConfigError, RunConfig, check_light, config_from_dict, config_to_dict, read_yaml
 from .io import load_torch, save_torch, write_json, write_text
-from .machine import cpu_model, restores_torch_threads
+from .machine import cpu_model, machine_name, restores_torch_threads
 from .report import aggregate, flat_table, write_report
 
 __all__ = [
@@ -185,6 +186,8 @@ class _Run:
         self.base_info: dict[str, Any] | None = None
         self.column_values: dict[str, list[float | None]] = {c.name: [] for c in self.columns}
         self.elapsed, self.session_times = 0.0, []
+        self.session_machines: list[str | None] = []  # what computed each session (a resume may move)
+        self.machine = machine_name(cfg.device)
         self.wandb = None
 
     # ------------------------------------------------------------------ building
@@ -214,6 +217,7 @@ class _Run:
             self._train(s)
             self._evaluate(s)
             self.session_times.append(time.perf_counter() - t0)
+            self.session_machines.append(self.machine)
             self.elapsed += self.session_times[-1]
             self._record(s)
             self._checkpoint(s)
@@ -253,6 +257,7 @@ class _Run:
             s.remember(self.scenario.train_stream[:start])
         self.column_values = {k: list(v) for k, v in state["column_values"].items()}
         self.elapsed, self.session_times = state["elapsed"], list(state["session_times"])
+        self.session_machines = list(state.get("session_machines") or [None] * len(self.session_times))
         self.base_info = state["base_session"]
         return start
 
@@ -318,7 +323,8 @@ class _Run:
             "metric": self.metric.state_dict(),
             "clock": {k: v for k, v in vars(self.strategy.clock).items() if isinstance(v, int)},
             "column_values": self.column_values, "elapsed": self.elapsed,
-            "session_times": self.session_times, "base_session": self.base_info,
+            "session_times": self.session_times, "session_machines": self.session_machines,
+            "base_session": self.base_info,
         })
         self.suite.position = (self.name, self.seed, s)
 
@@ -353,7 +359,8 @@ class _Run:
             "columns": {c.name: {"title": c.title or c.name, "higher_is_better": c.higher_is_better,
                                  "values": self.column_values[c.name]} for c in self.columns},
             "base_session": self.base_info, "wall_time_s": self.elapsed,
-            "session_times_s": self.session_times, "peak_memory": _peak_memory_mb(self.cfg.device),
+            "session_times_s": self.session_times, "session_machines": self.session_machines,
+            "peak_memory": _peak_memory_mb(self.cfg.device),
         }
         if self.wandb is not None:
             self.wandb.log_summary({"AA": table.aa, "PD": table.pd, "last_acc": table.sessions[-1].acc,

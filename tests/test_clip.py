@@ -698,6 +698,42 @@ def test_pretrain_clip_resumes_exactly_and_learns(tmp_path, data_root):
         pretrain_clip(load_recipe("test_tiny", epochs=1, lr=0.01), tmp_path / "b", data_root, max_steps=17, progress=False)
 
 
+def test_pretrain_clip_precision_is_decided_again_on_another_machine(tmp_path, data_root):
+    """``precision: auto`` is timed again when a run resumes on another CPU type (bf16 can be 16x
+    slower on one and 2x faster on another); not on the same one. A fixed precision changed on
+    resume (``allow_recipe_change``) applies from that step. ``precision_history`` says which."""
+    require_dataset(data_root, "cifar10_jpeg")
+    from avalanche_fscl.benchmarks.machine import cpu_model
+    from avalanche_fscl.benchmarks.pretrain_clip import load_recipe, pretrain_clip
+
+    here = cpu_model()
+    auto = load_recipe("test_tiny", precision="auto", batch_size=8)
+    pretrain_clip(auto, tmp_path / "a", data_root, max_steps=1, progress=False)
+    pretrain_clip(auto, tmp_path / "a", data_root, max_steps=2, progress=False)  # same machine: kept
+    ck = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    hist = ck["state"]["precision_history"]
+    assert len(hist) == 1 and hist[0]["from_step"] == 0 and hist[0]["machine"] == here
+    assert set(hist[0]["timing_s"]) == {"fp32", "bf16"}
+    ck["state"]["precision_machine"] = "another CPU (family 0; avx512_bf16)"
+    torch.save(ck, tmp_path / "a" / "last.pt")
+    s = pretrain_clip(auto, tmp_path / "a", data_root, max_steps=3, progress=False)
+    assert [h["from_step"] for h in s["precision_history"]] == [0, 2]
+    assert s["precision_history"][1]["machine"] == here and s["precision"] in ("fp32", "bf16")
+
+    fixed = load_recipe("test_tiny", precision="fp32", batch_size=8)
+    pretrain_clip(fixed, tmp_path / "b", data_root, max_steps=1, progress=False)
+    ck = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    ck["state"]["precision_machine"] = "another CPU"
+    torch.save(ck, tmp_path / "b" / "last.pt")
+    s = pretrain_clip(fixed, tmp_path / "b", data_root, max_steps=2, progress=False)  # fixed: kept anywhere
+    assert [(h["from_step"], h["precision"]) for h in s["precision_history"]] == [(0, "fp32")]
+    s = pretrain_clip(load_recipe("test_tiny", precision="bf16", batch_size=8), tmp_path / "b", data_root,
+                      max_steps=3, progress=False, allow_recipe_change=True)
+    assert s["precision"] == "bf16"
+    assert [(h["from_step"], h["precision"]) for h in s["precision_history"]] == [(0, "fp32"), (2, "bf16")]
+    assert s["recipe_changes"] == [{"step": 2, "changed": {"precision": ["fp32", "bf16"]}}]
+
+
 def test_pretrain_clip_warm_restart_starts_from_the_init_weights(tmp_path, data_root):
     """``init``: the run starts from the checkpoint's weights (not a random init), records the
     file's sha256, and refuses a checkpoint of another architecture."""

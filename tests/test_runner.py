@@ -214,6 +214,7 @@ def test_killed_run_resumes_to_identical_results_and_complete_wandb_runs(tmp_pat
     assert [r["table"] for r in resumed["runs"]] == [r["table"] for r in ref["runs"]]
     assert [r["columns"] for r in resumed["runs"]] == [r["columns"] for r in ref["runs"]]
     assert len(resumed["invocations"]) == 2 and "--resume" in resumed["invocations"][1]["command"]
+    assert all(r["session_machines"] == [cpu_model()] * 4 for r in resumed["runs"]), "kept through the kill"
 
     # W&B: exactly one complete run per (strategy, seed) + the summary; the killed attempt set aside
     folders = sorted((out / "wandb").glob("offline-run-*"))
@@ -382,6 +383,35 @@ def test_report_of_a_partially_finished_run_keeps_its_provenance(suite, tmp_path
     assert main(["report", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert "report " in err and "no run there" in err and "--resume" not in err
+
+
+def test_report_names_every_machine_of_a_suite_resumed_elsewhere(suite, tmp_path, capsys):
+    """A suite resumed on another CPU type says so, per run: the same seed gives other numbers
+    there, so its rows pair only within one machine."""
+    import shutil
+
+    _, cfg, results, _ = suite
+    assert all(r["session_machines"] == [cpu_model()] * 4 for r in results["runs"])
+    assert "more than one machine" not in (Path(cfg.output) / "results.md").read_text()
+    copy = tmp_path / "moved"
+    shutil.copytree(cfg.output, copy)
+    path = copy / "runs" / "prototype" / "seed0.json"
+    run = json.loads(path.read_text())
+    run["session_machines"][2:] = ["Other CPU (family 6 model 143; avx512f)"] * 2
+    path.write_text(json.dumps(run))
+    prov = json.loads((copy / "run.json").read_text())
+    prov["invocations"].append({"command": "avalanche-fscl run --resume moved", "wall_time_s": 1.0,
+                                "environment": {**prov["invocations"][0]["environment"],
+                                                "cpu_model": "Other CPU (family 6 model 143; avx512f)"}})
+    (copy / "run.json").write_text(json.dumps(prov))
+    assert main(["report", str(copy)]) == 0
+    md = (copy / "results.md").read_text()
+    assert "- Resumed: `avalanche-fscl run --resume moved` (commit " in md
+    assert "on Other CPU (family 6 model 143; avx512f)" in md
+    line = next(x for x in md.splitlines() if "more than one machine" in x)
+    assert f"{cpu_model()}: finetune/seed0, replay/seed0, prototype/seed0, joint/seed0" in line
+    assert line.endswith("Other CPU (family 6 model 143; avx512f): prototype/seed0")
+    capsys.readouterr()
 
 
 def test_session_plot_has_integer_ticks_distinct_styles_and_an_honest_y_range():
