@@ -356,6 +356,9 @@ def pretrain_clip(
         state = ck["state"]
         if changed:
             state.setdefault("recipe_changes", []).append({"step": state["step"], "changed": changed})
+        if state.get("precision") and "precision_history" not in state:  # a run from before the history
+            state["precision_history"] = [{"from_step": 0, "precision": state["precision"], "machine": None,
+                                           "timing_s": state.get("precision_timing_s")}]
         if "precision" in changed or (recipe.precision == "auto" and state.get("precision_machine") != machine):
             state["precision"] = None  # decided again below: ``auto`` is the faster one on *this* machine
         print(f"pretrain-clip: resuming {out} at step {state['step']}/{total}", file=sys.stderr)

@@ -719,6 +719,13 @@ def test_pretrain_clip_precision_is_decided_again_on_another_machine(tmp_path, d
     s = pretrain_clip(auto, tmp_path / "a", data_root, max_steps=3, progress=False)
     assert [h["from_step"] for h in s["precision_history"]] == [0, 2]
     assert s["precision_history"][1]["machine"] == here and s["precision"] in ("fp32", "bf16")
+    old = torch.load(tmp_path / "a" / "last.pt", weights_only=True)  # a run from before the history:
+    for key in ("precision_history", "precision_machine"):          # its first precision is kept in it
+        del old["state"][key]
+    old["state"]["precision"] = "fp32"
+    torch.save(old, tmp_path / "a" / "last.pt")
+    s = pretrain_clip(auto, tmp_path / "a", data_root, max_steps=4, progress=False)
+    assert [(h["from_step"], h["machine"]) for h in s["precision_history"]] == [(0, None), (3, here)]
 
     fixed = load_recipe("test_tiny", precision="fp32", batch_size=8)
     pretrain_clip(fixed, tmp_path / "b", data_root, max_steps=1, progress=False)
