@@ -95,6 +95,7 @@ class BaseSessionCache:
         self.mode = mode
         self.digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
         self.path = Path(folder) / f"{label}-{self.digest}.pt"
+        self.trained_on: str | None = None  # the machine that trained the weights (``machine_name``)
 
     def load(self) -> dict[str, torch.Tensor] | None:
         """The cached ``state_dict`` (CPU), or ``None`` (mode off/refresh, or not cached yet)."""
@@ -111,17 +112,22 @@ class BaseSessionCache:
                 f"{self.path}: holds the weights of another configuration (its stored key differs); "
                 f"delete it or run with --base-cache refresh"
             )
+        self.trained_on = blob.get("machine")  # absent in files written before it was recorded
         return blob["state"]
 
-    def save(self, state: dict[str, torch.Tensor]) -> None:
-        """Store ``state`` (mode on/refresh; atomic). An unwritable folder only warns."""
+    def save(self, state: dict[str, torch.Tensor], machine: str | None = None) -> None:
+        """Store ``state`` (mode on/refresh; atomic) with the ``machine`` that trained it (the same
+        key trains to other bits on another CPU type). An unwritable folder only warns."""
+        self.trained_on = machine
         if self.mode == "off":
             return
         try:
-            save_torch(self.path, {"format": FORMAT, "version": VERSION, "key": self.key, "state": state})
+            save_torch(self.path, {"format": FORMAT, "version": VERSION, "key": self.key, "state": state,
+                                   "machine": machine})
         except OSError as e:
             warnings.warn(f"base-session cache not written ({self.path}: {e.strerror})", RuntimeWarning, stacklevel=2)
 
     def describe(self, source: str) -> dict[str, Any]:
         """What ``results.json`` records: where session 0's weights came from."""
-        return {"source": source, "cache": self.mode, "file": str(self.path), "key": self.digest}
+        return {"source": source, "cache": self.mode, "file": str(self.path), "key": self.digest,
+                "trained_on": self.trained_on}

@@ -191,12 +191,16 @@ def plot_sessions(summary: dict[str, Any], path: Path, title: str) -> None:
 
 
 def _machines(runs: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """Machine -> the ``strategy/seed`` runs with a session computed there (runs recorded before
-    ``session_machines`` existed count for none)."""
+    """Machine -> the ``strategy/seed`` runs with a session computed there, or whose cached base
+    session was trained there (runs recorded before these fields existed count for none)."""
     out: dict[str, list[str]] = {}
     for r in runs:
-        for m in dict.fromkeys(m for m in r.get("session_machines") or [] if m):
-            out.setdefault(m, []).append(f"{r['strategy']}/seed{r['seed']}")
+        name, here = f"{r['strategy']}/seed{r['seed']}", dict.fromkeys(m for m in r.get("session_machines") or [] if m)
+        for m in here:
+            out.setdefault(m, []).append(name)
+        base = (r.get("base_session") or {}).get("trained_on")
+        if base and base not in here:  # session 0 loaded weights another machine trained
+            out.setdefault(base, []).append(f"{name} (base session)")
     return out
 
 

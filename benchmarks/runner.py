@@ -288,7 +288,7 @@ class _Run:
             self.base_info = {"source": "trained", "cache": "none (strategy opts out)", "file": None, "key": None}
             return
         if cached is None:
-            cache.save(strategy.fitted_state)
+            cache.save(strategy.fitted_state, machine=self.machine)
             strategy.fitted_state = None
         self.base_info = cache.describe("cache" if cached is not None else "trained")
 

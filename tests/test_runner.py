@@ -150,8 +150,11 @@ def test_cache_key_covers_code_versions_and_settings(tmp_path):
     finally:
         sys.path.remove(str(tmp_path))
     a = BaseSessionCache(tmp_path, {"k": 1}, "on", label="s")
-    a.save({})
-    assert a.load() == {} and BaseSessionCache(tmp_path, {"k": 2}, "on", label="s").path != a.path
+    a.save({}, machine="CPU A")
+    again = BaseSessionCache(tmp_path, {"k": 1}, "on", label="s")
+    assert again.trained_on is None and again.load() == {} and again.trained_on == "CPU A"
+    assert again.describe("cache")["trained_on"] == "CPU A"  # where the weights were trained, not loaded
+    assert BaseSessionCache(tmp_path, {"k": 2}, "on", label="s").path != a.path
     # a file whose stored key differs from its name's key is refused, not loaded
     b = BaseSessionCache(tmp_path, {"k": 3}, "on", label="s")
     b.path.write_bytes(a.path.read_bytes())
@@ -392,12 +395,18 @@ def test_report_names_every_machine_of_a_suite_resumed_elsewhere(suite, tmp_path
 
     _, cfg, results, _ = suite
     assert all(r["session_machines"] == [cpu_model()] * 4 for r in results["runs"])
+    assert {r["base_session"]["source"] for r in results["runs"]} == {"trained", "cache"}
+    assert all(r["base_session"]["trained_on"] == cpu_model() for r in results["runs"])
     assert "more than one machine" not in (Path(cfg.output) / "results.md").read_text()
     copy = tmp_path / "moved"
     shutil.copytree(cfg.output, copy)
     path = copy / "runs" / "prototype" / "seed0.json"
     run = json.loads(path.read_text())
     run["session_machines"][2:] = ["Other CPU (family 6 model 143; avx512f)"] * 2
+    path.write_text(json.dumps(run))
+    path = copy / "runs" / "joint" / "seed0.json"
+    run = json.loads(path.read_text())
+    run["base_session"]["trained_on"] = "Third CPU"  # a cached base session trained elsewhere
     path.write_text(json.dumps(run))
     prov = json.loads((copy / "run.json").read_text())
     prov["invocations"].append({"command": "avalanche-fscl run --resume moved", "wall_time_s": 1.0,
@@ -410,7 +419,8 @@ def test_report_names_every_machine_of_a_suite_resumed_elsewhere(suite, tmp_path
     assert "on Other CPU (family 6 model 143; avx512f)" in md
     line = next(x for x in md.splitlines() if "more than one machine" in x)
     assert f"{cpu_model()}: finetune/seed0, replay/seed0, prototype/seed0, joint/seed0" in line
-    assert line.endswith("Other CPU (family 6 model 143; avx512f): prototype/seed0")
+    assert "Other CPU (family 6 model 143; avx512f): prototype/seed0; " in line
+    assert line.endswith("Third CPU: joint/seed0 (base session)")
     capsys.readouterr()
 
 
