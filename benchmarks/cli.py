@@ -57,7 +57,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="avalanche-fscl", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="avalanche-fscl", description=__doc__.split("\n")[0].replace("``", ""),
+                     epilog="every command has --help, e.g. avalanche-fscl run --help")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run (or resume) a benchmark suite")
     run.add_argument("--config", help="YAML config file, or the name of a shipped config (see `list`)")

@@ -180,3 +180,14 @@ def test_sigterm_stops_a_command_like_ctrl_c_and_restores_the_handler():
                 pass
         assert (stop.status(130), stop.status(0), stop.status(2)) == (143, 0, 2)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_top_level_help_reads_as_plain_text(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert "avalanche-fscl: run continual few-shot benchmark suites" in out and "``" not in out
+    for command in ("run", "report", "list", "pretrain-clip", "meta-train-gram", "base-to-new"):
+        assert command in out
+    assert out.rstrip().endswith("every command has --help, e.g. avalanche-fscl run --help")
