@@ -33,7 +33,8 @@ from torch import Tensor, nn
 from ..models.amp import fastest_autocast
 from .machine import cpu_model, device_problem, machine_name, restores_torch_threads
 
-__all__ = ["CLIPRecipe", "load_recipe", "list_recipes", "pretrain_clip", "zero_shot_accuracy", "color_augment", "RECIPE_DIR"]
+__all__ = ["CLIPRecipe", "load_recipe", "list_recipes", "pretrain_clip", "zero_shot_accuracy", "color_augment",
+           "all_concepts_loss", "RECIPE_DIR"]
 
 RECIPE_DIR = Path(__file__).with_name("configs") / "clip"
 # recipe fields that do not change what is trained (a resumed run may change them)
@@ -49,7 +50,12 @@ class CLIPRecipe:
     epochs: passes over the corpus; batch_size: image-caption pairs per step.
     lr: peak AdamW learning rate (linear warmup over ``warmup_steps``, cosine to 0);
     weight_decay: on matrices only (not gains, biases, embeddings, logit scale).
-    loss: ``"unicl"`` (pairs of one concept are positives) or ``"clip"`` (InfoNCE on the diagonal).
+    loss: ``"unicl"`` (pairs of one concept are positives) or ``"clip"`` (InfoNCE on the diagonal),
+        both over the batch's own captions; ``"all_concepts"`` (ours): every step also draws one caption
+        for every concept of the corpus, and each image is classified over all of them (its
+        concept's caption the target), as zero-shot classification does, while each caption of a
+        concept in the batch is matched to that concept's images (:func:`all_concepts_loss`). Costs
+        one text-tower pass over the concepts (218 captions) per step.
     precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"`` (time both on the first batch, keep the faster).
         ``auto`` is decided again when a run resumes on another CPU type (``cpu_model``) or GPU, since
         bf16 is 1.9x faster on one CPU here and 16x slower on another; a fixed precision is kept, and
@@ -74,6 +80,11 @@ class CLIPRecipe:
     init: ``None`` (random initialisation) or the weights to start from, as ``load_clip``'s
         ``pretrained`` (``"fscl"`` = the kept checkpoint of ``model``, a checkpoint path, an open_clip
         tag): a warm restart that continues a finished run with a fresh optimizer and schedule.
+    lock_image: locked-image text tuning (LiT, Zhai et al. 2022, "LiT: Zero-Shot Transfer with
+        Locked-image text Tuning"): the image tower is frozen (no gradient, not in the optimizer,
+        BatchNorm statistics and patch dropout in eval mode) and only the text tower and the logit
+        scale learn, so the class-name classifier moves to the image features the tower already has.
+        Meant with ``init`` (a trained image tower); each step still encodes its augmented batch.
     """
 
     model: str = "fscl-vit-p8-64"
@@ -97,10 +108,11 @@ class CLIPRecipe:
     eval_minutes: float = 15.0
     seed: int = 0
     init: str | None = None
+    lock_image: bool = False
 
     def __post_init__(self) -> None:
         checks = {
-            "loss": (self.loss, ("unicl", "clip")),
+            "loss": (self.loss, ("unicl", "clip", "all_concepts")),
             "precision": (self.precision, ("fp32", "bf16", "auto")),
         }
         for name, (value, allowed) in checks.items():
@@ -109,6 +121,8 @@ class CLIPRecipe:
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"pretrain-clip recipe: {name}={getattr(self, name)!r} must be >= 1")
+        if not isinstance(self.lock_image, bool):
+            raise ValueError(f"pretrain-clip recipe: lock_image={self.lock_image!r}; allowed: true, false")
         if self.channels_last is not None and not isinstance(self.channels_last, bool):
             raise ValueError(f"pretrain-clip recipe: channels_last={self.channels_last!r}; allowed: true, false, null (auto)")
         for name, hi in (("color_jitter", 1.0), ("grayscale_p", 1.0)):
@@ -119,6 +133,8 @@ class CLIPRecipe:
         if isinstance(self.mixup, bool) or not isinstance(self.mixup, (int, float)) or not self.mixup >= 0:
             raise ValueError(f"pretrain-clip recipe: mixup={self.mixup!r} must be a number >= 0 (0 = off)")
         self.mixup = float(self.mixup)
+        if self.mixup > 0 and self.loss == "all_concepts":
+            raise ValueError("pretrain-clip recipe: mixup applies to loss unicl or clip, not all_concepts")
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"pretrain-clip recipe: crop_scale={self.crop_scale!r} must satisfy 0 < lo <= hi <= 1")
@@ -226,6 +242,19 @@ def contrastive_loss(
     return (torch.sum(-i2t * logits.log_softmax(1), 1).mean() + torch.sum(-t2i * logits.T.log_softmax(1), 1).mean()) / 2
 
 
+def all_concepts_loss(img: Tensor, txt: Tensor, scale: Tensor, concept: Tensor) -> Tensor:
+    """Contrastive loss against every concept: normalised image embeddings ``(B, D)``, one caption
+    embedding per concept ``(C, D)``, image ``i``'s concept ``concept[i]``. Image to text: cross-entropy
+    over all ``C`` captions; text to image: each caption of a concept present in the batch, over the
+    batch's images, its targets uniform over that concept's images. The mean of the two."""
+    logits = scale * img.float() @ txt.float().T  # (B, C)
+    i2t = F.cross_entropy(logits, concept)
+    present = concept.unique()
+    pos = (present[:, None] == concept[None, :]).float()
+    t2i = torch.sum(-(pos / pos.sum(1, keepdim=True)) * logits[:, present].T.log_softmax(1), 1).mean()
+    return (i2t + t2i) / 2
+
+
 @torch.no_grad()
 def zero_shot_accuracy(
     model: nn.Module,
@@ -275,14 +304,19 @@ def _subset(n: int, k: int, seed: int) -> Tensor:
 
 
 class _EvalSets:
-    """Tiny ImageNet val (200-way, imagenet1k templates) and CIFAR-10 test (cifar10 templates)."""
+    """Tiny ImageNet val (200-way, imagenet1k templates; the test split), CIFAR-10 test (cifar10
+    templates) and ``tiny_imagenet_shots``: the 30 train images per class that no corpus holds
+    (200-way), the validation split on which recipe settings are chosen."""
 
     def __init__(self, data_root) -> None:
         from ..streams.captions import cifar10_images, clip_templates, tiny_imagenet_classes, tiny_imagenet_images
 
         self.sets = {}
+        names, templates = tiny_imagenet_classes(data_root)[0], clip_templates("imagenet1k", data_root)
         tx, ty = tiny_imagenet_images(data_root, "val")
-        self.sets["tiny_imagenet_val"] = (tx, ty, tiny_imagenet_classes(data_root)[0], clip_templates("imagenet1k", data_root))
+        self.sets["tiny_imagenet_val"] = (tx, ty, names, templates)
+        sx, sy = tiny_imagenet_images(data_root, "shots")
+        self.sets["tiny_imagenet_shots"] = (sx, sy, names, templates)
         try:
             cx, cy, names = cifar10_images(data_root, "test")
             self.sets["cifar10_test"] = (cx, cy, names, clip_templates("cifar10", data_root))
@@ -333,6 +367,8 @@ def pretrain_clip(
     torch.manual_seed(recipe.seed)
     model, _, tokenizer = load_clip(recipe.model, pretrained=recipe.init, device=device, channels_last=recipe.channels_last)
     model.train()
+    if recipe.lock_image:  # LiT: the image tower is a fixed function (see the recipe's doc)
+        model.visual.requires_grad_(False)
     size = clip_image_size(model)
     corpus = caption_corpus(data_root, recipe.sources, image_size=max(size, 32))
     steps_per_epoch = len(corpus) // recipe.batch_size
@@ -382,7 +418,11 @@ def pretrain_clip(
 
         x = (x - torch.tensor(OPENAI_DATASET_MEAN, device=device).view(1, 3, 1, 1)) / torch.tensor(
             OPENAI_DATASET_STD, device=device).view(1, 3, 1, 1)
-        text = tokenizer(corpus.sample_captions(idx, g)).to(device)
+        if recipe.loss == "all_concepts":  # one caption per concept, in concept order
+            r = torch.randint(0, 1 << 30, (len(corpus.captions),), generator=g).tolist()
+            text = tokenizer([caps[j % len(caps)] for caps, j in zip(corpus.captions, r)]).to(device)
+        else:
+            text = tokenizer(corpus.sample_captions(idx, g)).to(device)
         mix = None
         if recipe.mixup > 0:
             import numpy as np
@@ -399,9 +439,15 @@ def pretrain_clip(
         x, text, concept, mix = batch(step)
         torch.manual_seed(recipe.seed * 7919 + step)  # patch dropout draws from the global RNG
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-            img = model.encode_image(x, normalize=True)
+            if recipe.lock_image:
+                model.visual.eval()  # again each step: the periodic zero-shot check restores train mode
+            with torch.set_grad_enabled(not recipe.lock_image):
+                img = model.encode_image(x, normalize=True)
             txt = model.encode_text(text, normalize=True)
-        loss = contrastive_loss(img, txt, model.logit_scale.exp(), concept if recipe.loss == "unicl" else None, mix)
+        if recipe.loss == "all_concepts":
+            loss = all_concepts_loss(img, txt, model.logit_scale.exp(), concept)
+        else:
+            loss = contrastive_loss(img, txt, model.logit_scale.exp(), concept if recipe.loss == "unicl" else None, mix)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

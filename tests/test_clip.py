@@ -768,6 +768,33 @@ def test_pretrain_clip_warm_restart_starts_from_the_init_weights(tmp_path, data_
         pretrain_clip(load_recipe("test_tiny", init=str(tmp_path / "rn.pt")), tmp_path / "bad", data_root, max_steps=0, progress=False)
 
 
+def test_pretrain_clip_lock_image_trains_the_text_tower_only(tmp_path, data_root):
+    """LiT (``lock_image``): the image tower's weights and BatchNorm statistics stay those of
+    ``init`` and are not in the optimizer; the text tower and logit scale learn."""
+    require_dataset(data_root, "cifar10_jpeg")
+    from avalanche_fscl.benchmarks.pretrain_clip import load_recipe, pretrain_clip
+    from avalanche_fscl.models.clip import save_clip_checkpoint
+
+    torch.manual_seed(5)
+    src, _, _ = load_clip("fscl-rn-64")
+    start = {k: v.clone() for k, v in src.state_dict().items()}
+    save_clip_checkpoint(tmp_path / "init.pt", src, "fscl-rn-64", storage="fp32")
+    recipe = load_recipe("test_tiny", model="fscl-rn-64", batch_size=16, init=str(tmp_path / "init.pt"), lock_image=True)
+    pretrain_clip(recipe, tmp_path / "lit", data_root, max_steps=3, progress=False)
+    ck = torch.load(tmp_path / "lit" / "last.pt", weights_only=True)
+    w = ck["model"]
+    visual = [k for k in start if k.startswith("visual.")]
+    assert any("running_mean" in k for k in visual), "the tower has BatchNorm statistics to keep"
+    for k in visual:
+        assert torch.equal(w[k], start[k]), k
+    moved = [k for k in start if not k.startswith("visual.") and not torch.equal(w[k], start[k])]
+    assert "text_projection" in moved and "logit_scale" in moved and any(k.startswith("transformer.") for k in moved)
+    n_text = sum(1 for n, p in src.named_parameters() if not n.startswith("visual."))
+    assert sum(len(g["params"]) for g in ck["optimizer"]["param_groups"]) == n_text
+    with pytest.raises(ValueError, match=r"lock_image='yes'; allowed: true, false"):
+        load_recipe("test_tiny", lock_image="yes")
+
+
 def test_pretrain_clip_channels_last_is_a_layout_not_a_change(tmp_path, data_root):
     """``channels_last`` (a runtime field) trains the convolutional tower in that layout and
     takes the same steps up to float rounding; a run may resume with the other layout."""
@@ -851,6 +878,37 @@ def test_contrastive_loss_mixup_targets_match_a_hand_computation():
     assert contrastive_loss(img, txt, scale, None, (1.0, perm)).item() == pytest.approx(diag.item(), rel=1e-6)
 
 
+def test_all_concepts_loss_matches_a_hand_computation():
+    """Images against every concept's caption; captions of the batch's concepts against its images.
+    With one image per concept, in caption order, it is the plain (diagonal) CLIP loss."""
+    from avalanche_fscl.benchmarks.pretrain_clip import all_concepts_loss, contrastive_loss
+
+    torch.manual_seed(0)
+    img, txt = F.normalize(torch.randn(4, 8), dim=1), F.normalize(torch.randn(5, 8), dim=1)
+    concept, scale = torch.tensor([0, 0, 2, 4]), torch.tensor(10.0)
+    logits = scale * img @ txt.T
+    i2t = -sum(logits[i].log_softmax(0)[concept[i]] for i in range(4)) / 4
+    rows = {0: [0, 1], 2: [2], 4: [3]}  # concept -> its images in the batch (concepts 1, 3 absent)
+    t2i = -sum(sum(logits[:, c].log_softmax(0)[j] for j in imgs) / len(imgs) for c, imgs in rows.items()) / 3
+    assert all_concepts_loss(img, txt, scale, concept).item() == pytest.approx(((i2t + t2i) / 2).item(), rel=1e-6)
+    square = txt[:4]
+    assert all_concepts_loss(img, square, scale, torch.arange(4)).item() == pytest.approx(
+        contrastive_loss(img, square, scale, None).item(), rel=1e-6)
+
+
+def test_pretrain_clip_all_concepts_loss_learns(tmp_path, data_root):
+    require_dataset(data_root, "cifar10_jpeg")
+    from avalanche_fscl.benchmarks.pretrain_clip import load_recipe, pretrain_clip
+
+    pretrain_clip(load_recipe("test_tiny", loss="all_concepts"), tmp_path / "a", data_root, max_steps=16, progress=False)
+    losses = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["state"]["losses"]
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.05
+    with pytest.raises(ValueError, match="mixup applies to loss unicl or clip, not all_concepts"):
+        load_recipe("test_tiny", loss="all_concepts", mixup=0.4)
+    with pytest.raises(ValueError, match=r"loss='mse'; allowed: unicl, clip, all_concepts"):
+        load_recipe("test_tiny", loss="mse")
+
+
 def test_color_augment_is_seeded_bounded_and_off_by_default():
     from avalanche_fscl.benchmarks.pretrain_clip import color_augment
 
@@ -875,8 +933,6 @@ def test_pretrain_recipe_errors():
         load_recipe("nope")
     with pytest.raises(ValueError, match=r"unknown keys \['lr_max'\]"):
         load_recipe("test_tiny", lr_max=1)
-    with pytest.raises(ValueError, match=r"loss='mse'; allowed: unicl, clip"):
-        load_recipe("test_tiny", loss="mse")
     with pytest.raises(ValueError, match=r"mixup=-0.5 must be a number >= 0 \(0 = off\)"):
         load_recipe("test_tiny", mixup=-0.5)
     with pytest.raises(ValueError, match=r"mixup='strong' must be a number >= 0"):
