@@ -378,10 +378,12 @@ def _markdown(r: dict) -> str:
 
 
 def add_parser(sub) -> None:
+    from .config import CLIP_CHECKPOINT_HELP
+
     p = sub.add_parser("base-to-new", help="CLIP prompt tuning: base-to-new + cross-dataset under a domain shift")
     p.add_argument("--output", default="benchmarks/results/base_to_new", help="results folder (resumed if it exists)")
     p.add_argument("--clip-model", default="fscl-vit-p8-64")
-    p.add_argument("--clip-checkpoint", default="fscl", help="'fscl' (kept), a file, an open_clip tag, or 'none' (random weights)")
+    p.add_argument("--clip-checkpoint", default="fscl", help=CLIP_CHECKPOINT_HELP)
     p.add_argument("--shots", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(METHODS),

@@ -30,6 +30,7 @@ from typing import Sequence
 import yaml
 
 from .config import (
+    CLIP_CHECKPOINT_HELP,
     CONFIG_DIR,
     ConfigError,
     RunConfig,
@@ -92,7 +93,7 @@ def _add_meta_train_gram(sub) -> None:
     p = sub.add_parser("meta-train-gram", help="GRAM: meta-learn a prompt init and a gradient regulator (resumable)")
     p.add_argument("--output", required=True, help="folder for gram.pt (an existing last.pt there is resumed)")
     p.add_argument("--clip-model", default="fscl-vit-p8-64")
-    p.add_argument("--clip-checkpoint", default="fscl", help="'fscl' (kept), a file, an open_clip tag, or 'none' (random weights)")
+    p.add_argument("--clip-checkpoint", default="fscl", help=CLIP_CHECKPOINT_HELP)
     p.add_argument("--prompt", default="coop", help="coop, vpt or unigram")
     p.add_argument("--data-root")
     p.add_argument("--device", default="cpu")
@@ -183,11 +184,13 @@ def _cmd_list() -> None:
     from ..streams.registry import list_streams
     from ..strategies import list_strategies
 
-    from ..models.clip import KEPT_CLIP_DIR, project_clip_models
+    from ..models.clip import kept_clip_checkpoints, project_clip_models
     from .pretrain_clip import RECIPE_DIR, list_recipes
 
-    clips = {n: "kept checkpoint: pretrained='fscl'" if (KEPT_CLIP_DIR / f"{n}.pt").exists() else "config only"
-             for n in project_clip_models()}
+    clips = {}
+    for n in project_clip_models():
+        tags = [k.split(" ", 1)[1] for k in kept_clip_checkpoints(n)]
+        clips[n] = "kept checkpoints: " + ", ".join(f"pretrained={t!r}" for t in tags) if tags else "config only"
     recipes = {n: str(RECIPE_DIR / f"{n}.yaml") for n in list_recipes()}
     for title, items in [("streams", list_streams()), ("strategies", list_strategies()),
                          ("backbones", list_backbones()), ("configs", list_configs()),

@@ -30,10 +30,14 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "CONFIG_DIR",
+    "CLIP_CHECKPOINT_HELP",
     "list_configs",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+#: what a ``--clip-checkpoint`` option accepts (``load_clip``'s ``pretrained``), for every command that has one
+CLIP_CHECKPOINT_HELP = ("'fscl' (the kept checkpoint), 'fscl:<variant>' (another kept one; `avalanche-fscl list` "
+                        "names them), a file, an open_clip tag, or 'none' (random weights)")
 
 
 class ConfigError(ValueError):

@@ -78,7 +78,7 @@ class CLIPRecipe:
     eval_minutes: wall minutes between periodic zero-shot checks.
     seed: data order, augmentation and initialisation.
     init: ``None`` (random initialisation) or the weights to start from, as ``load_clip``'s
-        ``pretrained`` (``"fscl"`` = the kept checkpoint of ``model``, a checkpoint path, an open_clip
+        ``pretrained`` (``"fscl"`` = the kept checkpoint of ``model``, ``"fscl:<variant>"`` another kept one, a checkpoint path, an open_clip
         tag): a warm restart that continues a finished run with a fresh optimizer and schedule.
     lock_image: locked-image text tuning (LiT, Zhai et al. 2022, "LiT: Zero-Shot Transfer with
         Locked-image text Tuning"): the image tower is frozen (no gradient, not in the optimizer,
@@ -139,10 +139,12 @@ class CLIPRecipe:
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"pretrain-clip recipe: crop_scale={self.crop_scale!r} must satisfy 0 < lo <= hi <= 1")
         self.crop_scale = (float(lo), float(hi))
-        from ..models.clip import names_a_file
+        from ..models.clip import kept_clip_path, names_a_file
 
-        if self.init not in (None, "fscl") and names_a_file(self.init) and not Path(str(self.init)).expanduser().is_file():
-            raise ValueError(f"pretrain-clip recipe: init={self.init!r}: no such checkpoint file; allowed: 'fscl', a checkpoint path, an open_clip tag")
+        if isinstance(self.init, str) and (self.init == "fscl" or self.init.startswith("fscl:")):
+            kept_clip_path(self.model, self.init)  # raises, listing the kept checkpoints, if there is none
+        elif self.init is not None and names_a_file(self.init) and not Path(str(self.init)).expanduser().is_file():
+            raise ValueError(f"pretrain-clip recipe: init={self.init!r}: no such checkpoint file; allowed: 'fscl', 'fscl:<variant>', a checkpoint path, an open_clip tag")
 
 
 def list_recipes() -> list[str]:
@@ -293,9 +295,9 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def _init_sha256(recipe: CLIPRecipe) -> str | None:
     """sha256 of the file a warm restart started from (``None`` for an open_clip tag)."""
-    from ..models.clip import KEPT_CLIP_DIR
+    from ..models.clip import kept_clip_path
 
-    path = KEPT_CLIP_DIR / f"{recipe.model}.pt" if recipe.init == "fscl" else Path(str(recipe.init)).expanduser()
+    path = kept_clip_path(recipe.model, recipe.init) or Path(str(recipe.init)).expanduser()
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 

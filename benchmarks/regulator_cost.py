@@ -68,6 +68,7 @@ def measure(kind: str, steps: int, clip_model: str, clip_checkpoint: str | None,
 
 
 def main(argv=None) -> int:
+    from .config import CLIP_CHECKPOINT_HELP
     from .io import write_json
     from .machine import device_problem
     from .runner import _env_info
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--clip-model", default="fscl-vit-p8-64")
-    p.add_argument("--clip-checkpoint", default="fscl", help="'fscl' (kept), a file, an open_clip tag, or 'none' (random weights)")
+    p.add_argument("--clip-checkpoint", default="fscl", help=CLIP_CHECKPOINT_HELP)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--autocast", choices=["bf16", "fp16"], help="mixed precision for the forward pass (default: fp32)")
     p.add_argument("--threads", type=int, default=2)

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import weakref
 from collections import OrderedDict
 from pathlib import Path
@@ -31,6 +32,8 @@ from torch import Tensor, nn
 __all__ = [
     "CLIP_CONFIG_DIR",
     "KEPT_CLIP_DIR",
+    "kept_clip_checkpoints",
+    "kept_clip_path",
     "PRECISIONS",
     "CHECKPOINT_STORAGES",
     "load_clip",
@@ -47,7 +50,8 @@ __all__ = [
 ]
 
 CLIP_CONFIG_DIR = Path(__file__).with_name("clip_configs")
-#: the project's kept checkpoints, ``<model name>.pt``: ``load_clip(name, pretrained="fscl")``
+#: the project's kept checkpoints: ``<model name>.pt`` is ``load_clip(name, pretrained="fscl")``,
+#: ``<model name>.<variant>.pt`` is ``load_clip(name, pretrained="fscl:<variant>")``
 KEPT_CLIP_DIR = Path(__file__).with_name("clip_weights")
 PRECISIONS = ("fp32", "bf16", "fp16", "amp", "amp_bf16", "pure_bf16", "pure_fp16")
 _registered = False
@@ -65,6 +69,39 @@ def _register() -> None:
 def project_clip_models() -> list[str]:
     """Names of this project's small open_clip configs (``models/clip_configs``)."""
     return sorted(p.stem for p in CLIP_CONFIG_DIR.glob("*.json"))
+
+
+def kept_clip_checkpoints(model_name: str | None = None) -> dict[str, Path]:
+    """The kept checkpoints as ``{"<model name> <tag>": path}`` (tag ``fscl`` or ``fscl:<variant>``),
+    of every architecture or only ``model_name``'s."""
+    out = {}
+    for p in sorted(KEPT_CLIP_DIR.glob("*.pt")):
+        stem = p.stem
+        for name in sorted(project_clip_models(), key=len, reverse=True):  # longest name first: w32 before rn-64
+            if stem == name or stem.startswith(name + "."):
+                variant = stem[len(name) + 1:]
+                if model_name in (None, name):
+                    out[f"{name} {'fscl:' + variant if variant else 'fscl'}"] = p
+                break
+    return out
+
+
+def kept_clip_path(model_name: str, pretrained: str | os.PathLike | None) -> Path | None:
+    """The kept file that ``pretrained`` names for ``model_name`` (``"fscl"`` or ``"fscl:<variant>"``),
+    or ``None`` when ``pretrained`` is not such a tag. A missing kept file raises ``FileNotFoundError``
+    listing the kept ones."""
+    if not isinstance(pretrained, str) or not (pretrained == "fscl" or pretrained.startswith("fscl:")):
+        return None
+    variant = pretrained[len("fscl:"):] if pretrained != "fscl" else ""
+    if pretrained != "fscl" and not re.fullmatch(r"[A-Za-z0-9_-]+", variant):
+        raise ValueError(f"load_clip: pretrained={pretrained!r}: a variant is letters, digits, '_' and '-', e.g. 'fscl:color80'")
+    path = KEPT_CLIP_DIR / (f"{model_name}.{variant}.pt" if variant else f"{model_name}.pt")
+    if not path.is_file():
+        kept = ", ".join(kept_clip_checkpoints()) or "none"
+        raise FileNotFoundError(
+            f"load_clip: pretrained={pretrained!r}: no kept checkpoint of {model_name!r} (kept: {kept}); "
+            "train one with `avalanche-fscl pretrain-clip` and pass its final.pt")
+    return path
 
 
 def list_clip_models() -> list[str]:
@@ -167,7 +204,9 @@ def load_clip(
         model_name: an open_clip architecture (``ViT-B-32``, ``ViT-B-16``, ...) or one of
             :func:`project_clip_models`; unknown names raise ``ValueError`` listing the allowed ones.
         pretrained: ``None`` (random init), an open_clip pretrained tag, ``"fscl"`` (the
-            project's kept checkpoint, ``models/clip_weights/<model_name>.pt``), or a local
+            project's kept checkpoint, ``models/clip_weights/<model_name>.pt``), ``"fscl:<variant>"``
+            (another kept checkpoint of the architecture, ``<model_name>.<variant>.pt``; see
+            :func:`kept_clip_checkpoints`), or a local
             checkpoint path (open_clip formats or :func:`save_clip_checkpoint`'s). A checkpoint
             of another architecture raises ``ValueError``.
         device: where the model lives.
@@ -194,13 +233,7 @@ def load_clip(
     if precision not in PRECISIONS:
         raise ValueError(f"load_clip: precision={precision!r}; allowed: {', '.join(PRECISIONS)}")
     local = None
-    if pretrained == "fscl":  # the project's kept checkpoint of this architecture
-        pretrained = KEPT_CLIP_DIR / f"{model_name}.pt"
-        if not pretrained.is_file():
-            kept = sorted(p.stem for p in KEPT_CLIP_DIR.glob("*.pt"))
-            raise FileNotFoundError(
-                f"load_clip: pretrained='fscl': no kept checkpoint for {model_name!r} (kept: {', '.join(kept) or 'none'}); "
-                "train one with `avalanche-fscl pretrain-clip` and pass its final.pt")
+    pretrained = kept_clip_path(model_name, pretrained) or pretrained  # "fscl[:variant]": a kept file
     if pretrained is not None:
         p = Path(pretrained).expanduser()
         if p.is_file():

@@ -16,8 +16,8 @@ strategy            prompts                                         GRAM
 ``unigram``         both                                            init + regulator
 ==================  ==============================================  ===============================
 
-``clip_checkpoint`` defaults to ``"fscl"``: the project's kept checkpoint of ``clip_model``
-(see ``load_clip``). The GRAM strategies need ``meta_checkpoint`` (``avalanche-fscl
+``clip_checkpoint`` defaults to ``"fscl"``: the project's kept checkpoint of ``clip_model``;
+``"fscl:<variant>"`` names another kept one (see ``load_clip``). The GRAM strategies need ``meta_checkpoint`` (``avalanche-fscl
 meta-train-gram``) of the same CLIP and prompt kind.
 """
 
@@ -61,7 +61,7 @@ class CLIPPrompt(StrategySpec):
     """Prompt tuning over a frozen CLIP (open_clip); the registered variants fix ``prompt`` and ``gram``.
 
     Args:
-        clip_model / clip_checkpoint: ``load_clip`` arguments (``"fscl"``: the kept checkpoint).
+        clip_model / clip_checkpoint: ``load_clip`` arguments (``"fscl"``: the kept checkpoint, ``"fscl:<variant>"``: another kept one).
         prompt: ``none``, ``coop``, ``vpt`` or ``unigram``.
         n_ctx, ctx_init, class_specific: CoOp context (``ctx_init`` words set ``n_ctx``; ``None``:
             ``n_ctx`` random vectors); n_vpt, vpt_deep: VPT tokens.

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from avalanche_fscl.models.clip import (
     clip_image_transform,
     encode_class_names,
+    kept_clip_checkpoints,
     list_clip_models,
     load_clip,
     project_clip_models,
@@ -113,6 +114,33 @@ def test_load_clip_bad_arguments(tmp_path, clip):
     torch.save({"state_dict": model.state_dict()}, tmp_path / "plain.pt")
     with pytest.raises(ValueError, match=r"does not fit architecture 'fscl-vit-p8-64'"):
         load_clip("fscl-vit-p8-64", pretrained=tmp_path / "plain.pt")
+
+
+def test_kept_checkpoint_variants_resolve_by_tag(tmp_path, monkeypatch, clip):
+    """``pretrained="fscl:<variant>"`` loads ``<model>.<variant>.pt`` from the kept folder, is listed
+    by ``kept_clip_checkpoints`` (a longer model name is not taken for a variant of a shorter one),
+    and a missing or malformed variant names the argument and the kept ones."""
+    from avalanche_fscl.models import clip as clip_module
+    from avalanche_fscl.models.clip import kept_clip_path
+
+    model, _ = clip
+    monkeypatch.setattr(clip_module, "KEPT_CLIP_DIR", tmp_path)
+    with torch.no_grad():
+        model.logit_scale.fill_(1.25)
+    save_clip_checkpoint(tmp_path / f"{TEST_MODEL}.tiny.pt", model, TEST_MODEL)
+    (tmp_path / "fscl-rn-64-w32.pt").write_bytes(b"")  # a kept file of another architecture
+    assert kept_clip_checkpoints() == {"fscl-rn-64-w32 fscl": tmp_path / "fscl-rn-64-w32.pt",
+                                       f"{TEST_MODEL} fscl:tiny": tmp_path / f"{TEST_MODEL}.tiny.pt"}
+    assert list(kept_clip_checkpoints("fscl-rn-64")) == []
+    assert kept_clip_path(TEST_MODEL, "laion400m_e32") is None
+    again, _, _ = load_clip(TEST_MODEL, pretrained="fscl:tiny")
+    assert again.logit_scale.item() == 1.25
+    with pytest.raises(FileNotFoundError, match=r"pretrained='fscl:nope'.*kept: fscl-rn-64-w32 fscl, fscl-vit-test fscl:tiny"):
+        load_clip(TEST_MODEL, pretrained="fscl:nope")
+    with pytest.raises(FileNotFoundError, match=r"pretrained='fscl': no kept checkpoint of 'fscl-vit-test'"):
+        load_clip(TEST_MODEL, pretrained="fscl")
+    with pytest.raises(ValueError, match=r"pretrained='fscl:../x': a variant is letters"):
+        load_clip(TEST_MODEL, pretrained="fscl:../x")
 
 
 def test_checkpoint_round_trip_in_half(tmp_path, clip):
@@ -826,20 +854,27 @@ def test_pretrain_clip_channels_last_is_a_layout_not_a_change(tmp_path, data_roo
     assert resumed["steps"] == 4
 
 
-@pytest.mark.parametrize("name", ["fscl-vit-p8-64", "fscl-rn-64", "fscl-rn-64-w32"])
-def test_kept_checkpoints_are_the_recorded_ones(name, data_root):
-    """Each kept CLIP matches the sha256 its pretraining summary recorded, and reproduces its
-    recorded CIFAR-10 zero-shot accuracy on a 1,000-image test subset (binomial std ~1.5 points)."""
+def test_every_kept_checkpoint_is_tested():
+    assert {"fscl-vit-p8-64 fscl", "fscl-rn-64 fscl", "fscl-rn-64-w32 fscl"} <= set(kept_clip_checkpoints())
+
+
+@pytest.mark.parametrize("kept", sorted(kept_clip_checkpoints()))
+def test_kept_checkpoints_are_the_recorded_ones(kept, data_root):
+    """Each kept CLIP (``"<model> <tag>"``) matches the sha256 its pretraining summary recorded, and
+    reproduces its recorded CIFAR-10 zero-shot accuracy on a 1,000-image test subset (binomial std
+    ~1.5 points)."""
     import hashlib
 
     from avalanche_fscl.benchmarks.pretrain_clip import zero_shot_accuracy
-    from avalanche_fscl.models.clip import KEPT_CLIP_DIR
+    from avalanche_fscl.models.clip import kept_clip_path
     from avalanche_fscl.streams.captions import cifar10_images, clip_templates
 
-    summary = json.loads((KEPT_CLIP_DIR / f"{name}.summary.json").read_text())
-    assert hashlib.sha256((KEPT_CLIP_DIR / f"{name}.pt").read_bytes()).hexdigest() == summary["final_sha256"]
+    name, tag = kept.split(" ")
+    path = kept_clip_path(name, tag)
+    summary = json.loads(path.with_suffix(".summary.json").read_text())
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == summary["final_sha256"]
     require_dataset(data_root, "cifar10_jpeg")
-    model, _, tok = load_clip(name, pretrained="fscl")
+    model, _, tok = load_clip(name, pretrained=tag)
     x, y, names = cifar10_images(data_root, "test")
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:1000]
     acc = zero_shot_accuracy(model, tok, x[idx], y[idx], names, clip_templates("cifar10", data_root))
