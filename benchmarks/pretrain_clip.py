@@ -78,8 +78,9 @@ class CLIPRecipe:
     eval_minutes: wall minutes between periodic zero-shot checks.
     seed: data order, augmentation and initialisation.
     init: ``None`` (random initialisation) or the weights to start from, as ``load_clip``'s
-        ``pretrained`` (``"fscl"`` = the kept checkpoint of ``model``, ``"fscl:<variant>"`` another kept one, a checkpoint path, an open_clip
-        tag): a warm restart that continues a finished run with a fresh optimizer and schedule.
+        ``pretrained`` (``"fscl"`` = the kept checkpoint of ``model``, ``"fscl:<variant>"`` another
+        kept one, a checkpoint path, an open_clip tag): a warm restart that continues a finished run
+        with a fresh optimizer and schedule.
     lock_image: locked-image text tuning (LiT, Zhai et al. 2022, "LiT: Zero-Shot Transfer with
         Locked-image text Tuning"): the image tower is frozen (no gradient, not in the optimizer,
         BatchNorm statistics and patch dropout in eval mode) and only the text tower and the logit

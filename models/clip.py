@@ -77,7 +77,7 @@ def kept_clip_checkpoints(model_name: str | None = None) -> dict[str, Path]:
     out = {}
     for p in sorted(KEPT_CLIP_DIR.glob("*.pt")):
         stem = p.stem
-        for name in sorted(project_clip_models(), key=len, reverse=True):  # longest name first: w32 before rn-64
+        for name in project_clip_models():
             if stem == name or stem.startswith(name + "."):
                 variant = stem[len(name) + 1:]
                 if model_name in (None, name):

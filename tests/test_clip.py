@@ -123,7 +123,7 @@ def test_kept_checkpoint_variants_resolve_by_tag(tmp_path, monkeypatch, clip):
     from avalanche_fscl.models import clip as clip_module
     from avalanche_fscl.models.clip import kept_clip_path
 
-    model, _ = clip
+    model = copy.deepcopy(clip[0])  # the fixture is shared: leave it unchanged
     monkeypatch.setattr(clip_module, "KEPT_CLIP_DIR", tmp_path)
     with torch.no_grad():
         model.logit_scale.fill_(1.25)
