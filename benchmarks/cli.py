@@ -189,7 +189,7 @@ def _cmd_list() -> None:
 
     clips = {}
     for n in project_clip_models():
-        tags = [k.split(" ", 1)[1] for k in kept_clip_checkpoints(n)]
+        tags = sorted((k.split(" ", 1)[1] for k in kept_clip_checkpoints(n)), key=lambda t: (t != "fscl", t))
         clips[n] = "kept checkpoints: " + ", ".join(f"pretrained={t!r}" for t in tags) if tags else "config only"
     recipes = {n: str(RECIPE_DIR / f"{n}.yaml") for n in list_recipes()}
     for title, items in [("streams", list_streams()), ("strategies", list_strategies()),

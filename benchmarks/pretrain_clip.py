@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ from ..models.amp import fastest_autocast
 from .machine import cpu_model, device_problem, machine_name, restores_torch_threads
 
 __all__ = ["CLIPRecipe", "load_recipe", "list_recipes", "pretrain_clip", "zero_shot_accuracy", "color_augment",
-           "all_concepts_loss", "RECIPE_DIR"]
+           "all_concepts_loss", "fit_image_prototypes", "prototype_distillation_loss", "RECIPE_DIR"]
 
 RECIPE_DIR = Path(__file__).with_name("configs") / "clip"
 # recipe fields that do not change what is trained (a resumed run may change them)
@@ -55,7 +55,21 @@ class CLIPRecipe:
         for every concept of the corpus, and each image is classified over all of them (its
         concept's caption the target), as zero-shot classification does, while each caption of a
         concept in the batch is matched to that concept's images (:func:`all_concepts_loss`). Costs
-        one text-tower pass over the concepts (218 captions) per step.
+        one text-tower pass over the concepts (218 captions) per step. ``"prototypes"`` (ours, after
+        ProtoCLIP's prototype-level alignment, Chen et al. 2022): only with ``lock_image``; before the
+        first step the locked image tower encodes every corpus image once (plus its mirror image with
+        ``flip``) and :func:`fit_image_prototypes` fits one unit vector per concept to those features
+        (a cosine classifier); every step then draws one caption per concept and ``batch_size`` of
+        the stored features, and the captions, as a classifier of those features, learn to give the
+        prototypes' class distribution (:func:`prototype_distillation_loss`). A plain ``1 - cos``
+        regression onto the prototypes was tried first: cos 0.978 and zero-shot 19% from 25%, since
+        the error of every vector counts against margins between classes that are far smaller.
+        No image is encoded during the steps, so ``crop_scale``, the colour fields and ``mixup`` do
+        not apply; an epoch is still ``len(corpus) // batch_size`` steps.
+    prototype_scale: with ``loss: prototypes``, the cosine classifier's logit scale while its rows
+        are fitted (> 0; 100 is the CLIP logit scale's cap).
+    prototype_steps: full-batch momentum-SGD steps (lr 0.1) of that fit, from the class means
+        (>= 0; 0 = the normalised class means themselves).
     precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"`` (time both on the first batch, keep the faster).
         ``auto`` is decided again when a run resumes on another CPU type (``cpu_model``) or GPU, since
         bf16 is 1.9x faster on one CPU here and 16x slower on another; a fixed precision is kept, and
@@ -110,10 +124,12 @@ class CLIPRecipe:
     seed: int = 0
     init: str | None = None
     lock_image: bool = False
+    prototype_scale: float = 100.0
+    prototype_steps: int = 1200
 
     def __post_init__(self) -> None:
         checks = {
-            "loss": (self.loss, ("unicl", "clip", "all_concepts")),
+            "loss": (self.loss, ("unicl", "clip", "all_concepts", "prototypes")),
             "precision": (self.precision, ("fp32", "bf16", "auto")),
         }
         for name, (value, allowed) in checks.items():
@@ -134,8 +150,17 @@ class CLIPRecipe:
         if isinstance(self.mixup, bool) or not isinstance(self.mixup, (int, float)) or not self.mixup >= 0:
             raise ValueError(f"pretrain-clip recipe: mixup={self.mixup!r} must be a number >= 0 (0 = off)")
         self.mixup = float(self.mixup)
-        if self.mixup > 0 and self.loss == "all_concepts":
-            raise ValueError("pretrain-clip recipe: mixup applies to loss unicl or clip, not all_concepts")
+        if self.mixup > 0 and self.loss in ("all_concepts", "prototypes"):
+            raise ValueError(f"pretrain-clip recipe: mixup applies to loss unicl or clip, not {self.loss}")
+        if self.loss == "prototypes" and not self.lock_image:
+            raise ValueError("pretrain-clip recipe: loss=prototypes needs lock_image=true (the prototypes are "
+                             "the locked image tower's features)")
+        if isinstance(self.prototype_scale, bool) or not isinstance(self.prototype_scale, (int, float)) \
+                or not self.prototype_scale > 0:
+            raise ValueError(f"pretrain-clip recipe: prototype_scale={self.prototype_scale!r} must be a number > 0")
+        self.prototype_scale = float(self.prototype_scale)
+        if isinstance(self.prototype_steps, bool) or not isinstance(self.prototype_steps, int) or self.prototype_steps < 0:
+            raise ValueError(f"pretrain-clip recipe: prototype_steps={self.prototype_steps!r} must be an integer >= 0")
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"pretrain-clip recipe: crop_scale={self.crop_scale!r} must satisfy 0 < lo <= hi <= 1")
@@ -256,6 +281,79 @@ def all_concepts_loss(img: Tensor, txt: Tensor, scale: Tensor, concept: Tensor) 
     pos = (present[:, None] == concept[None, :]).float()
     t2i = torch.sum(-(pos / pos.sum(1, keepdim=True)) * logits[:, present].T.log_softmax(1), 1).mean()
     return (i2t + t2i) / 2
+
+
+def prototype_distillation_loss(features: Tensor, txt: Tensor, prototypes: Tensor, scale: float) -> Tensor:
+    """KL divergence from the prototypes' class distribution to the captions' on image features.
+
+    ``features`` ``(B, D)`` normalised image embeddings, ``txt`` ``(C, D)`` one normalised caption
+    embedding per concept, ``prototypes`` ``(C, D)`` (:func:`fit_image_prototypes`); both
+    classifiers at logit ``scale``. Zero exactly when the captions classify every feature as the
+    prototypes do; what matters is the ranking on image features, not the distance of the vectors.
+    """
+    teacher = (scale * features @ prototypes.T).log_softmax(1)
+    student = (scale * features @ txt.T).log_softmax(1)
+    return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+
+
+_FIT_CHUNK = 4096  # feature rows per chunk in fit_image_prototypes: (4096, 218) fp32 probabilities, 3.6 MB
+
+
+@torch.enable_grad()
+def fit_image_prototypes(
+    features: Tensor, labels: Tensor, n_concepts: int, scale: float = 100.0, steps: int = 1200,
+    on_step: Callable[[int, Tensor], None] | None = None,
+) -> Tensor:
+    """One unit vector per concept that classifies ``features`` by cosine: rows ``(C, D)``.
+
+    ``features`` ``(N, D)`` are normalised image embeddings, ``labels`` ``(N,)`` their concepts in
+    ``[0, n_concepts)``, each present. The rows start at the normalised class means and take
+    ``steps`` full-batch steps of cross-entropy over ``scale * features @ normalize(rows).T``
+    (SGD, lr 0.1, momentum 0.9); ``steps=0`` returns the normalised class means. ``on_step(k, rows)``
+    is called with the normalised rows after every step ``k`` (1-based), e.g. to read a curve.
+    """
+    counts = torch.bincount(labels, minlength=n_concepts)
+    if len(counts) != n_concepts or not bool((counts > 0).all()):
+        raise ValueError(f"fit_image_prototypes: labels must cover every concept in [0, {n_concepts}); "
+                         f"missing {(counts[:n_concepts] == 0).nonzero().flatten().tolist()[:10]}")
+    f = features.detach().float()
+    rows = F.normalize(torch.zeros(n_concepts, f.shape[1], device=f.device).index_add_(0, labels, f), dim=1)
+    rows.requires_grad_(True)
+    opt = torch.optim.SGD([rows], lr=0.1, momentum=0.9)
+    chunks = list(zip(f.split(_FIT_CHUNK), labels.split(_FIT_CHUNK)))
+    for k in range(1, steps + 1):
+        opt.zero_grad(set_to_none=True)
+        w = F.normalize(rows, dim=1)
+        grad = torch.zeros_like(w)  # d(mean cross-entropy) / d(normalised rows) = scale / N * (P - Y).T @ f
+        for x, y in chunks:
+            p = torch.softmax(scale * x @ w.detach().T, dim=1)
+            # probabilities below 1e-30 add nothing to the gradient; left in, at scale ~100 about a
+            # seventh of them are subnormal floats, which made the product 20x slower on CPU
+            # (torch.set_flush_denormal reaches only the calling thread)
+            p.masked_fill_(p < 1e-30, 0)
+            p[torch.arange(len(y), device=p.device), y] -= 1
+            grad += p.T @ x
+        w.backward(grad * (scale / len(f)))
+        opt.step()
+        if on_step is not None:
+            on_step(k, F.normalize(rows.detach(), dim=1))
+    return F.normalize(rows.detach(), dim=1)
+
+
+@torch.no_grad()
+def _corpus_features(model: nn.Module, images: Tensor, flip: bool, batch_size: int = 500) -> Tensor:
+    """Normalised embeddings ``(N or 2N, D)`` of ``uint8`` corpus images (then their mirror images)."""
+    from ..models.clip import clip_image_transform
+
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    tf = clip_image_transform(model)
+    views = [False, True] if flip else [False]
+    out = [model.encode_image((lambda x: x.flip(3) if m else x)(tf(images[i : i + batch_size].to(device))),
+                              normalize=True).float() for m in views for i in range(0, len(images), batch_size)]
+    model.train(was)
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -401,6 +499,17 @@ def pretrain_clip(
         if "precision" in changed or (recipe.precision == "auto" and state.get("precision_machine") != machine):
             state["precision"] = None  # decided again below: ``auto`` is the faster one on *this* machine
         print(f"pretrain-clip: resuming {out} at step {state['step']}/{total}", file=sys.stderr)
+    targets = cached = None
+    if recipe.loss == "prototypes":  # fixed for the run: stored with it, so a resumed run keeps them
+        if "prototypes" not in state:
+            t0 = time.monotonic()
+            feats = _corpus_features(model, corpus.images, recipe.flip)
+            labels = corpus.concept.repeat(len(feats) // len(corpus)).to(feats.device)
+            state["prototypes"] = fit_image_prototypes(feats, labels, len(corpus.captions), recipe.prototype_scale,
+                                                       recipe.prototype_steps).cpu()
+            state["prototype_features"] = feats.cpu()
+            state["prototypes_minutes"] = round((time.monotonic() - t0) / 60, 1)  # not in wall_minutes (steps only)
+        targets, cached = state["prototypes"].to(device), state["prototype_features"].to(device)
     evals = _EvalSets(data_root)
 
     def lr_at(step: int) -> float:
@@ -408,6 +517,10 @@ def pretrain_clip(
             return recipe.lr * (step + 1) / recipe.warmup_steps
         t = (step - recipe.warmup_steps) / max(1, total - recipe.warmup_steps)
         return 0.5 * recipe.lr * (1 + math.cos(math.pi * min(1.0, t)))
+
+    def concept_captions(g: torch.Generator) -> Tensor:  # one caption per concept, in concept order
+        r = torch.randint(0, 1 << 30, (len(corpus.captions),), generator=g).tolist()
+        return tokenizer([caps[j % len(caps)] for caps, j in zip(corpus.captions, r)]).to(device)
 
     def batch(step: int) -> tuple[Tensor, Tensor, Tensor, tuple[float, Tensor] | None]:
         epoch, i = divmod(step, steps_per_epoch)
@@ -421,9 +534,8 @@ def pretrain_clip(
 
         x = (x - torch.tensor(OPENAI_DATASET_MEAN, device=device).view(1, 3, 1, 1)) / torch.tensor(
             OPENAI_DATASET_STD, device=device).view(1, 3, 1, 1)
-        if recipe.loss == "all_concepts":  # one caption per concept, in concept order
-            r = torch.randint(0, 1 << 30, (len(corpus.captions),), generator=g).tolist()
-            text = tokenizer([caps[j % len(caps)] for caps, j in zip(corpus.captions, r)]).to(device)
+        if recipe.loss == "all_concepts":
+            text = concept_captions(g)
         else:
             text = tokenizer(corpus.sample_captions(idx, g)).to(device)
         mix = None
@@ -439,18 +551,26 @@ def pretrain_clip(
     def train_step(step: int, bf16: bool) -> float:
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        x, text, concept, mix = batch(step)
-        torch.manual_seed(recipe.seed * 7919 + step)  # patch dropout draws from the global RNG
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-            if recipe.lock_image:
-                model.visual.eval()  # again each step: the periodic zero-shot check restores train mode
-            with torch.set_grad_enabled(not recipe.lock_image):
-                img = model.encode_image(x, normalize=True)
-            txt = model.encode_text(text, normalize=True)
-        if recipe.loss == "all_concepts":
-            loss = all_concepts_loss(img, txt, model.logit_scale.exp(), concept)
+        if targets is not None:  # loss: prototypes (no image is encoded)
+            g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
+            text = concept_captions(g)
+            f = cached[torch.randint(0, len(cached), (recipe.batch_size,), generator=g).to(device)]
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                txt = model.encode_text(text, normalize=True)
+            loss = prototype_distillation_loss(f, txt.float(), targets, recipe.prototype_scale)
         else:
-            loss = contrastive_loss(img, txt, model.logit_scale.exp(), concept if recipe.loss == "unicl" else None, mix)
+            x, text, concept, mix = batch(step)
+            torch.manual_seed(recipe.seed * 7919 + step)  # patch dropout draws from the global RNG
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                if recipe.lock_image:
+                    model.visual.eval()  # again each step: the periodic zero-shot check restores train mode
+                with torch.set_grad_enabled(not recipe.lock_image):
+                    img = model.encode_image(x, normalize=True)
+                txt = model.encode_text(text, normalize=True)
+            if recipe.loss == "all_concepts":
+                loss = all_concepts_loss(img, txt, model.logit_scale.exp(), concept)
+            else:
+                loss = contrastive_loss(img, txt, model.logit_scale.exp(), concept if recipe.loss == "unicl" else None, mix)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -521,6 +641,8 @@ def pretrain_clip(
                "cpu_model": cpu_model(),
                "command": command, "finished": state["step"] >= total,
                "recipe_changes": state.get("recipe_changes", [])}
+    if "prototypes_minutes" in state:
+        summary["prototypes_minutes"] = state["prototypes_minutes"]
     if recipe.init is not None:
         summary["init_sha256"] = _init_sha256(recipe)
     if state["step"] >= total:

@@ -145,7 +145,8 @@ def test_list_names_streams_strategies_backbones_and_configs(capsys):
                  "resnet12", "omniglot_fscil", "fscl", "fscl_no_step1", "omniglot_tasks"]:
         assert name in out
     assert out.index("strategies:") < out.index("backbones:") < out.index("configs:")
-    assert "fscl-rn-64-w32  kept checkpoints: pretrained='fscl', pretrained='fscl:warm_color2'" in out
+    assert ("fscl-rn-64-w32  kept checkpoints: pretrained='fscl', pretrained='fscl:prototypes', "
+            "pretrained='fscl:warm_color2'") in out
 
 
 def test_every_shipped_config_is_valid():

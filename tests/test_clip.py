@@ -940,8 +940,88 @@ def test_pretrain_clip_all_concepts_loss_learns(tmp_path, data_root):
     assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.05
     with pytest.raises(ValueError, match="mixup applies to loss unicl or clip, not all_concepts"):
         load_recipe("test_tiny", loss="all_concepts", mixup=0.4)
-    with pytest.raises(ValueError, match=r"loss='mse'; allowed: unicl, clip, all_concepts"):
+    with pytest.raises(ValueError, match=r"loss='mse'; allowed: unicl, clip, all_concepts, prototypes"):
         load_recipe("test_tiny", loss="mse")
+
+
+def test_fit_image_prototypes_starts_at_the_class_means_and_fits_the_features():
+    from avalanche_fscl.benchmarks.pretrain_clip import fit_image_prototypes
+
+    g = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(4, 8, generator=g), dim=1)
+    labels = torch.arange(4).repeat_interleave(30)
+    feats = F.normalize(centres[labels] + 0.9 * torch.randn(120, 8, generator=g), dim=1)
+    means = F.normalize(torch.stack([feats[labels == c].mean(0) for c in range(4)]), dim=1)
+    assert torch.allclose(fit_image_prototypes(feats, labels, 4, steps=0), means, atol=1e-6)
+    seen = []
+    rows = fit_image_prototypes(feats, labels, 4, scale=100.0, steps=200, on_step=lambda k, w: seen.append((k, w)))
+    assert [k for k, _ in seen] == list(range(1, 201)) and torch.equal(seen[-1][1], rows)
+    assert rows.shape == (4, 8) and torch.allclose(rows.norm(dim=1), torch.ones(4), atol=1e-5)
+
+    def fit(w):
+        return (feats @ w.T).argmax(1).eq(labels).float().mean().item()
+    assert fit(rows) > fit(means) + 0.02  # the fitted rows classify the training features better
+    ref = means.clone().requires_grad_(True)  # the same steps by autograd on the plain loss
+    opt = torch.optim.SGD([ref], lr=0.1, momentum=0.9)
+    for _ in range(200):
+        opt.zero_grad()
+        F.cross_entropy(100.0 * feats @ F.normalize(ref, dim=1).T, labels).backward()
+        opt.step()
+    assert torch.allclose(rows, F.normalize(ref.detach(), dim=1), atol=1e-4)
+    with pytest.raises(ValueError, match=r"labels must cover every concept in \[0, 5\); missing \[4\]"):
+        fit_image_prototypes(feats, labels, 5, steps=0)
+
+
+def test_prototype_distillation_loss_matches_a_hand_computation():
+    from avalanche_fscl.benchmarks.pretrain_clip import prototype_distillation_loss
+
+    g = torch.Generator().manual_seed(3)
+    f, protos, txt = (F.normalize(torch.randn(n, 6, generator=g), dim=1) for n in (5, 4, 4))
+    p = torch.softmax(20.0 * f @ protos.T, 1)
+    q = torch.softmax(20.0 * f @ txt.T, 1)
+    hand = (p * (p.log() - q.log())).sum(1).mean()
+    assert prototype_distillation_loss(f, txt, protos, 20.0).item() == pytest.approx(hand.item(), rel=1e-5)
+    assert prototype_distillation_loss(f, protos, protos, 20.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pretrain_clip_prototypes_aligns_the_text_tower_and_resumes_exactly(tmp_path, data_root):
+    """``loss: prototypes``: the locked image tower is untouched, the prototypes and the corpus
+    features are stored with the run, the captions learn to classify the features as the
+    prototypes do (the loss falls), and a stopped run resumes to the same weights."""
+    require_dataset(data_root, "cifar10_jpeg")
+    from avalanche_fscl.benchmarks.pretrain_clip import load_recipe, pretrain_clip
+    from avalanche_fscl.models.clip import save_clip_checkpoint
+
+    torch.manual_seed(7)
+    src, _, _ = load_clip("fscl-vit-test")
+    save_clip_checkpoint(tmp_path / "init.pt", src, "fscl-vit-test", storage="fp32")
+    recipe = load_recipe("test_tiny", init=str(tmp_path / "init.pt"), lock_image=True, loss="prototypes",
+                         prototype_steps=5, lr=0.003, warmup_steps=1)
+    pretrain_clip(recipe, tmp_path / "a", data_root, max_steps=12, progress=False)
+    pretrain_clip(recipe, tmp_path / "b", data_root, max_steps=5, progress=False)
+    pretrain_clip(recipe, tmp_path / "b", data_root, max_steps=12, progress=False)
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    for k, v in src.state_dict().items():
+        assert torch.equal(a["model"][k], b["model"][k]), k
+        if k.startswith("visual."):
+            assert torch.equal(a["model"][k], v), k
+    protos = a["state"]["prototypes"]
+    # one row per concept of the test recipe's corpus (10 CIFAR-10 classes + one per image-text pair)
+    assert protos.shape[0] > 10 and protos.shape[1] == 32 and torch.equal(protos, b["state"]["prototypes"])
+    feats = a["state"]["prototype_features"]
+    assert feats.shape[1] == 32 and len(feats) % 2 == 0  # every corpus image and its mirror image
+    assert torch.allclose(protos.norm(dim=1), torch.ones(len(protos)), atol=1e-5)
+    losses = a["state"]["losses"]
+    assert losses == b["state"]["losses"] and losses[-1] < losses[0] - 0.02
+    with pytest.raises(ValueError, match="loss=prototypes needs lock_image=true"):
+        load_recipe("test_tiny", loss="prototypes")
+    with pytest.raises(ValueError, match="mixup applies to loss unicl or clip, not prototypes"):
+        load_recipe("test_tiny", loss="prototypes", lock_image=True, mixup=0.4)
+    with pytest.raises(ValueError, match=r"prototype_scale=0 must be a number > 0"):
+        load_recipe("test_tiny", prototype_scale=0)
+    with pytest.raises(ValueError, match=r"prototype_steps=-1 must be an integer >= 0"):
+        load_recipe("test_tiny", prototype_steps=-1)
 
 
 def test_color_augment_is_seeded_bounded_and_off_by_default():
