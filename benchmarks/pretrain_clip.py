@@ -67,9 +67,10 @@ class CLIPRecipe:
         No image is encoded during the steps, so ``crop_scale``, the colour fields and ``mixup`` do
         not apply; an epoch is still ``len(corpus) // batch_size`` steps.
     prototype_scale: with ``loss: prototypes``, the cosine classifier's logit scale while its rows
-        are fitted (> 0; 100 is the CLIP logit scale's cap).
+        are fitted and in the distillation (> 0).
     prototype_steps: full-batch momentum-SGD steps (lr 0.1) of that fit, from the class means
-        (>= 0; 0 = the normalised class means themselves).
+        (>= 0; 0 = the normalised class means themselves). The defaults, 160 and 1,600, were chosen
+        on the unseen shot pool for ``fscl-rn-64-w32`` ``fscl:warm_color2`` (recipe ``rn_64_w32_prototypes``).
     precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"`` (time both on the first batch, keep the faster).
         ``auto`` is decided again when a run resumes on another CPU type (``cpu_model``) or GPU, since
         bf16 is 1.9x faster on one CPU here and 16x slower on another; a fixed precision is kept, and
@@ -124,8 +125,8 @@ class CLIPRecipe:
     seed: int = 0
     init: str | None = None
     lock_image: bool = False
-    prototype_scale: float = 100.0
-    prototype_steps: int = 1200
+    prototype_scale: float = 160.0
+    prototype_steps: int = 1600
 
     def __post_init__(self) -> None:
         checks = {
@@ -301,7 +302,7 @@ _FIT_CHUNK = 4096  # feature rows per chunk in fit_image_prototypes: (4096, 218)
 
 @torch.enable_grad()
 def fit_image_prototypes(
-    features: Tensor, labels: Tensor, n_concepts: int, scale: float = 100.0, steps: int = 1200,
+    features: Tensor, labels: Tensor, n_concepts: int, scale: float = 160.0, steps: int = 1600,
     on_step: Callable[[int, Tensor], None] | None = None,
 ) -> Tensor:
     """One unit vector per concept that classifies ``features`` by cosine: rows ``(C, D)``.
