@@ -313,10 +313,13 @@ def fit_image_prototypes(
     (SGD, lr 0.1, momentum 0.9); ``steps=0`` returns the normalised class means. ``on_step(k, rows)``
     is called with the normalised rows after every step ``k`` (1-based), e.g. to read a curve.
     """
+    if len(labels) != len(features) or int(labels.min()) < 0 or int(labels.max()) >= n_concepts:
+        raise ValueError(f"fit_image_prototypes: labels must be {len(features)} concept ids in [0, {n_concepts}), "
+                         f"got {len(labels)} in [{int(labels.min())}, {int(labels.max())}]")
     counts = torch.bincount(labels, minlength=n_concepts)
-    if len(counts) != n_concepts or not bool((counts > 0).all()):
+    if not bool((counts > 0).all()):
         raise ValueError(f"fit_image_prototypes: labels must cover every concept in [0, {n_concepts}); "
-                         f"missing {(counts[:n_concepts] == 0).nonzero().flatten().tolist()[:10]}")
+                         f"missing {(counts == 0).nonzero().flatten().tolist()[:10]}")
     f = features.detach().float()
     rows = F.normalize(torch.zeros(n_concepts, f.shape[1], device=f.device).index_add_(0, labels, f), dim=1)
     rows.requires_grad_(True)
@@ -350,9 +353,11 @@ def _corpus_features(model: nn.Module, images: Tensor, flip: bool, batch_size: i
     model.eval()
     device = next(model.parameters()).device
     tf = clip_image_transform(model)
-    views = [False, True] if flip else [False]
-    out = [model.encode_image((lambda x: x.flip(3) if m else x)(tf(images[i : i + batch_size].to(device))),
-                              normalize=True).float() for m in views for i in range(0, len(images), batch_size)]
+    out = []
+    for mirror in ([False, True] if flip else [False]):
+        for i in range(0, len(images), batch_size):
+            x = tf(images[i : i + batch_size].to(device))
+            out.append(model.encode_image(x.flip(3) if mirror else x, normalize=True).float())
     model.train(was)
     return torch.cat(out)
 

@@ -970,6 +970,8 @@ def test_fit_image_prototypes_starts_at_the_class_means_and_fits_the_features():
     assert torch.allclose(rows, F.normalize(ref.detach(), dim=1), atol=1e-4)
     with pytest.raises(ValueError, match=r"labels must cover every concept in \[0, 5\); missing \[4\]"):
         fit_image_prototypes(feats, labels, 5, steps=0)
+    with pytest.raises(ValueError, match=r"labels must be 120 concept ids in \[0, 3\), got 120 in \[0, 3\]"):
+        fit_image_prototypes(feats, labels, 3, steps=0)
 
 
 def test_prototype_distillation_loss_matches_a_hand_computation():
