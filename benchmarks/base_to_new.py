@@ -177,6 +177,7 @@ def run_base_to_new(
     clip_grad: float | None = None,
     autocast: str | None = None,
     report_only: bool = False,
+    progress: bool = True,
     command: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every (method, K, seed) cell into ``output``; returns the results.
@@ -193,7 +194,8 @@ def run_base_to_new(
 
     ``meta`` overrides GRAM's meta-training settings (:class:`GRAMMetaConfig` fields; by default
     ``inner_lr = lr`` and ``episodes = meta_episodes``). ``report_only`` rewrites the summary
-    (results.json, results.md) from the stored cells without running anything."""
+    (results.json, results.md) from the stored cells without running anything. ``progress``
+    shows GRAM meta-training's progress bar (stderr)."""
     from ..models.amp import check_autocast
     from ..models.clip import clip_image_transform, load_clip
     from ..models.gram import GRAMMetaConfig, build_regulator, load_gram_checkpoint, meta_train_gram, prompt_flags
@@ -268,7 +270,7 @@ def run_base_to_new(
         cfg = GRAMMetaConfig(clip_model=clip_model, clip_checkpoint=None if clip_checkpoint is None else str(clip_checkpoint), prompt=kind, n_ctx=n_ctx,
                              ctx_init=ctx_init, n_vpt=n_vpt, vpt_deep=vpt_deep, tiny_classes=base, **kw)
         if not (mdir / "gram.pt").exists():
-            meta_train_gram(cfg, mdir, data_root, device)
+            meta_train_gram(cfg, mdir, data_root, device, progress=progress)
         metas[kind] = load_gram_checkpoint(mdir / "gram.pt")
         made = {**asdict(GRAMMetaConfig()), **metas[kind].get("config", {})}
         want = asdict(cfg)
@@ -404,6 +406,7 @@ def add_parser(sub) -> None:
     p.add_argument("--clip-grad", type=float, help="clip each prompt gradient to this global L2 norm (default: no clipping)")
     p.add_argument("--autocast", choices=["bf16", "fp16"], help="mixed precision for the CLIP towers (default: fp32)")
     p.add_argument("--report-only", action="store_true", help="rewrite results.md from the stored cells; run nothing")
+    p.add_argument("--no-progress", action="store_true", help="hide GRAM meta-training's progress bar (logs, CI)")
     p.add_argument("--validation", action="store_true",
                    help="the hyper-parameter split: labels 0-49 base / 50-99 new, shot-pool images only (no test image)")
 
@@ -419,7 +422,7 @@ def run_from_args(args) -> int:
         args.output, clip_model=args.clip_model, clip_checkpoint=None if args.clip_checkpoint.lower() == "none" else args.clip_checkpoint, shots=args.shots, seeds=args.seeds,
         methods=args.methods, shift=args.shift, steps=args.steps, lr=args.lr, n_ctx=args.n_ctx, ctx_init=args.ctx_init or None, n_vpt=args.n_vpt,
         vpt_deep=args.vpt_deep, meta_episodes=args.meta_episodes, data_root=args.data_root, device=args.device,
-        threads=args.threads, validation=args.validation, meta=meta_config_overrides(args.meta_set, "base-to-new --meta-set"), clip_grad=args.clip_grad, autocast=args.autocast, report_only=args.report_only, command="avalanche-fscl " + shlex.join(sys.argv[1:]),
+        threads=args.threads, validation=args.validation, meta=meta_config_overrides(args.meta_set, "base-to-new --meta-set"), clip_grad=args.clip_grad, autocast=args.autocast, report_only=args.report_only, progress=not args.no_progress, command="avalanche-fscl " + shlex.join(sys.argv[1:]),
     )
     print(f"results: {Path(args.output) / 'results.md'}")
     return 0

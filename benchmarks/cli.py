@@ -99,6 +99,7 @@ def _add_meta_train_gram(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any GRAMMetaConfig field, e.g. --set episodes=500 --set regulator=gated (YAML value)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (logs, CI)")
 
 
 def _run_meta_train_gram(args) -> int:
@@ -110,7 +111,7 @@ def _run_meta_train_gram(args) -> int:
         raise ValueError(f"meta-train-gram: --device {why}")
     kw = {"clip_model": args.clip_model, "clip_checkpoint": None if args.clip_checkpoint.lower() == "none" else args.clip_checkpoint, "prompt": args.prompt}
     kw |= meta_config_overrides(args.set, "meta-train-gram --set")
-    path = meta_train_gram(GRAMMetaConfig(**kw), args.output, args.data_root, args.device)
+    path = meta_train_gram(GRAMMetaConfig(**kw), args.output, args.data_root, args.device, progress=not args.no_progress)
     print(f"gram checkpoint: {path}")
     return 0
 

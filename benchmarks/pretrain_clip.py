@@ -671,6 +671,7 @@ def add_parser(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field (YAML value)")
     p.add_argument("--allow-recipe-change", action="store_true",
                    help="resume a run whose recipe fields changed (e.g. --set epochs=60 to train longer)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (logs, CI)")
 
 
 def run_from_args(args) -> int:
@@ -689,6 +690,6 @@ def run_from_args(args) -> int:
     output = args.output or str(Path("runs") / "clip" / Path(args.config).stem)
     summary = pretrain_clip(recipe, output, args.data_root, args.device, args.max_steps,
                             command="avalanche-fscl " + shlex.join(sys.argv[1:]),
-                            allow_recipe_change=args.allow_recipe_change)
+                            allow_recipe_change=args.allow_recipe_change, progress=not args.no_progress)
     print(json.dumps({k: summary[k] for k in ("steps", "total_steps", "wall_minutes", "finished")} | {"zero_shot": summary.get("zero_shot")}))
     return 0

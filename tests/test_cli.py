@@ -76,6 +76,31 @@ def test_every_device_flag_is_checked_before_anything_runs(capsys, tmp_path):
         assert "sees no CUDA GPU" in _one_line_error(capsys, ["pretrain-clip", "--config", "rn_64", "--device", "cuda"])
 
 
+@pytest.mark.parametrize("flag", [[], ["--no-progress"]])
+def test_long_commands_take_no_progress(monkeypatch, tmp_path, flag):
+    """pretrain-clip, meta-train-gram and base-to-new pass --no-progress to the function they run
+    (as ``run`` does), so their logs hold no progress bar."""
+    import avalanche_fscl.models.gram as gram
+    from avalanche_fscl.benchmarks import base_to_new, pretrain_clip
+
+    seen = {}
+
+    def fake(name, out):
+        def f(*args, **kwargs):
+            seen[name] = kwargs["progress"]
+            return out
+        return f
+
+    summary = {"steps": 1, "total_steps": 1, "wall_minutes": 0.0, "finished": False}
+    monkeypatch.setattr(pretrain_clip, "pretrain_clip", fake("pretrain-clip", summary))
+    monkeypatch.setattr(gram, "meta_train_gram", fake("meta-train-gram", tmp_path / "gram.pt"))
+    monkeypatch.setattr(base_to_new, "run_base_to_new", fake("base-to-new", {}))
+    assert main(["pretrain-clip", "--config", "test_tiny", "--output", str(tmp_path / "p"), *flag]) == 0
+    assert main(["meta-train-gram", "--output", str(tmp_path / "m"), *flag]) == 0
+    assert main(["base-to-new", "--output", str(tmp_path / "b"), *flag]) == 0
+    assert seen == dict.fromkeys(("pretrain-clip", "meta-train-gram", "base-to-new"), not flag)
+
+
 def test_argparse_errors_are_one_line_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", "--wandb", "cloud"])
