@@ -71,6 +71,10 @@ class CLIPRecipe:
     prototype_steps: full-batch momentum-SGD steps (lr 0.1) of that fit, from the class means
         (>= 0; 0 = the normalised class means themselves). The defaults, 160 and 1,600, were chosen
         on the unseen shot pool for ``fscl-rn-64-w32`` ``fscl:warm_color2`` (recipe ``rn_64_w32_prototypes``).
+    prototype_label_smoothing: label smoothing of that fit, in ``[0, 1)`` (0 = off, the default;
+        :func:`fit_image_prototypes`). Ours: the corpus features come from images the locked tower
+        trained on and separate more sharply than unseen ones; smoothed targets keep the rows from
+        fitting them that closely (0.3 chosen on the shot pool, recipe ``rn_64_w32_prototypes_ls``).
     precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"`` (time both on the first batch, keep the faster).
         ``auto`` is decided again when a run resumes on another CPU type (``cpu_model``) or GPU, since
         bf16 is 1.9x faster on one CPU here and 16x slower on another; a fixed precision is kept, and
@@ -127,6 +131,7 @@ class CLIPRecipe:
     lock_image: bool = False
     prototype_scale: float = 160.0
     prototype_steps: int = 1600
+    prototype_label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -162,6 +167,10 @@ class CLIPRecipe:
         self.prototype_scale = float(self.prototype_scale)
         if isinstance(self.prototype_steps, bool) or not isinstance(self.prototype_steps, int) or self.prototype_steps < 0:
             raise ValueError(f"pretrain-clip recipe: prototype_steps={self.prototype_steps!r} must be an integer >= 0")
+        ls = self.prototype_label_smoothing
+        if isinstance(ls, bool) or not isinstance(ls, (int, float)) or not 0 <= ls < 1:
+            raise ValueError(f"pretrain-clip recipe: prototype_label_smoothing={ls!r} must be a number in [0, 1)")
+        self.prototype_label_smoothing = float(ls)
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"pretrain-clip recipe: crop_scale={self.crop_scale!r} must satisfy 0 < lo <= hi <= 1")
@@ -303,7 +312,7 @@ _FIT_CHUNK = 4096  # feature rows per chunk in fit_image_prototypes: (4096, 218)
 @torch.enable_grad()
 def fit_image_prototypes(
     features: Tensor, labels: Tensor, n_concepts: int, scale: float = 160.0, steps: int = 1600,
-    on_step: Callable[[int, Tensor], None] | None = None,
+    on_step: Callable[[int, Tensor], None] | None = None, label_smoothing: float = 0.0,
 ) -> Tensor:
     """One unit vector per concept that classifies ``features`` by cosine: rows ``(C, D)``.
 
@@ -312,7 +321,12 @@ def fit_image_prototypes(
     ``steps`` full-batch steps of cross-entropy over ``scale * features @ normalize(rows).T``
     (SGD, lr 0.1, momentum 0.9); ``steps=0`` returns the normalised class means. ``on_step(k, rows)``
     is called with the normalised rows after every step ``k`` (1-based), e.g. to read a curve.
+    ``label_smoothing`` ``eps`` in ``[0, 1)``: the targets are ``(1 - eps) * onehot + eps / C``, as
+    ``F.cross_entropy(label_smoothing=eps)``; it keeps the rows from fitting the corpus features,
+    which the image tower has seen, more sharply than unseen images separate.
     """
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 1:
+        raise ValueError(f"fit_image_prototypes: label_smoothing={label_smoothing!r} must be a number in [0, 1)")
     if len(labels) != len(features) or int(labels.min()) < 0 or int(labels.max()) >= n_concepts:
         raise ValueError(f"fit_image_prototypes: labels must be {len(features)} concept ids in [0, {n_concepts}), "
                          f"got {len(labels)} in [{int(labels.min())}, {int(labels.max())}]")
@@ -335,7 +349,9 @@ def fit_image_prototypes(
             # seventh of them are subnormal floats, which made the product 20x slower on CPU
             # (torch.set_flush_denormal reaches only the calling thread)
             p.masked_fill_(p < 1e-30, 0)
-            p[torch.arange(len(y), device=p.device), y] -= 1
+            if label_smoothing:
+                p -= label_smoothing / n_concepts
+            p[torch.arange(len(y), device=p.device), y] -= 1 - label_smoothing
             grad += p.T @ x
         w.backward(grad * (scale / len(f)))
         opt.step()
@@ -512,7 +528,8 @@ def pretrain_clip(
             feats = _corpus_features(model, corpus.images, recipe.flip)
             labels = corpus.concept.repeat(len(feats) // len(corpus)).to(feats.device)
             state["prototypes"] = fit_image_prototypes(feats, labels, len(corpus.captions), recipe.prototype_scale,
-                                                       recipe.prototype_steps).cpu()
+                                                       recipe.prototype_steps,
+                                                       label_smoothing=recipe.prototype_label_smoothing).cpu()
             state["prototype_features"] = feats.cpu()
             state["prototypes_minutes"] = round((time.monotonic() - t0) / 60, 1)  # not in wall_minutes (steps only)
         targets, cached = state["prototypes"].to(device), state["prototype_features"].to(device)

@@ -974,6 +974,31 @@ def test_fit_image_prototypes_starts_at_the_class_means_and_fits_the_features():
         fit_image_prototypes(feats, labels, 3, steps=0)
 
 
+def test_fit_image_prototypes_label_smoothing_is_cross_entropys():
+    from avalanche_fscl.benchmarks.pretrain_clip import fit_image_prototypes, load_recipe
+
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(5).repeat_interleave(20)
+    feats = F.normalize(F.normalize(torch.randn(5, 8, generator=g), dim=1)[labels] + 0.8 * torch.randn(100, 8, generator=g), dim=1)
+    means = fit_image_prototypes(feats, labels, 5, steps=0)
+    rows = fit_image_prototypes(feats, labels, 5, scale=50.0, steps=100, label_smoothing=0.3)
+    ref = means.clone().requires_grad_(True)  # the same steps by autograd, F.cross_entropy's smoothing
+    opt = torch.optim.SGD([ref], lr=0.1, momentum=0.9)
+    for _ in range(100):
+        opt.zero_grad()
+        F.cross_entropy(50.0 * feats @ F.normalize(ref, dim=1).T, labels, label_smoothing=0.3).backward()
+        opt.step()
+    assert torch.allclose(rows, F.normalize(ref.detach(), dim=1), atol=1e-4)
+    plain = fit_image_prototypes(feats, labels, 5, scale=50.0, steps=100)
+    assert (rows - plain).abs().max() > 1e-3  # smoothing changes the fit
+    for bad in (1.0, -0.1, True):
+        with pytest.raises(ValueError, match=rf"label_smoothing={bad!r} must be a number in \[0, 1\)"):
+            fit_image_prototypes(feats, labels, 5, steps=1, label_smoothing=bad)
+    assert load_recipe("test_tiny", prototype_label_smoothing=0.3).prototype_label_smoothing == 0.3
+    with pytest.raises(ValueError, match=r"prototype_label_smoothing=1 must be a number in \[0, 1\)"):
+        load_recipe("test_tiny", prototype_label_smoothing=1)
+
+
 def test_prototype_distillation_loss_matches_a_hand_computation():
     from avalanche_fscl.benchmarks.pretrain_clip import prototype_distillation_loss
 

@@ -8,6 +8,7 @@ ImageNet train images 120-149, never in any corpus); val is printed next to it, 
     python benchmarks/results/clip_pretrain_rn_64_w32_prototypes/sweep.py features            # 1.5 min
     python benchmarks/results/clip_pretrain_rn_64_w32_prototypes/sweep.py fit --flip 0 1 --scales 20 40 80 --at 300 600 900 1200
     python benchmarks/results/clip_pretrain_rn_64_w32_prototypes/sweep.py fit --flip 1 --scales 100 160 --at 600 1200 1600 2000
+    python benchmarks/results/clip_pretrain_rn_64_w32_prototypes/sweep.py fit --scales 160 --label-smoothing 0.1 0.3 0.5 0.7 --at 400 800 1200 1600
 
 ``fit`` runs :func:`fit_image_prototypes` (SGD, lr 0.1, momentum 0.9, from the class means) and
 reads the rows at each ``--at`` step of one run. (The recorded sweep ran the same steps through
@@ -56,7 +57,7 @@ def features(root: str = "../shared/data") -> None:
     print(json.dumps({"(shots, val)": res}))
 
 
-def fit(flips: list[int], scales: list[float], at: list[int]) -> None:
+def fit(flips: list[int], scales: list[float], at: list[int], smoothing: list[float]) -> None:
     from avalanche_fscl.benchmarks.pretrain_clip import fit_image_prototypes
 
     d = torch.load(FEATURES)
@@ -64,13 +65,15 @@ def fit(flips: list[int], scales: list[float], at: list[int]) -> None:
     for flip in flips:
         x, y = (torch.cat([fc, fcf]), torch.cat([cy, cy])) if flip else (fc, cy)
         for s in scales:
-            curve = []
+            for ls in smoothing:
+                curve = []
 
-            def read(k: int, rows: torch.Tensor) -> None:
-                if k in at:
-                    curve.append((k, acc(rows, fs, sy), acc(rows, fv, vy)))
-            fit_image_prototypes(x, y, 200, s, max(at), on_step=read)
-            print(json.dumps({"flip": bool(flip), "scale": s, "(step, shots, val)": curve}), flush=True)
+                def read(k: int, rows: torch.Tensor) -> None:
+                    if k in at:
+                        curve.append((k, acc(rows, fs, sy), acc(rows, fv, vy)))
+                fit_image_prototypes(x, y, 200, s, max(at), on_step=read, label_smoothing=ls)
+                row = {"flip": bool(flip), "scale": s} | ({"label_smoothing": ls} if ls else {})
+                print(json.dumps(row | {"(step, shots, val)": curve}), flush=True)
 
 
 if __name__ == "__main__":
@@ -81,5 +84,6 @@ if __name__ == "__main__":
     p.add_argument("--flip", type=int, nargs="+", default=[1])
     p.add_argument("--scales", type=float, nargs="+", default=[100.0])
     p.add_argument("--at", type=int, nargs="+", default=[1200])
+    p.add_argument("--label-smoothing", type=float, nargs="+", default=[0.0])
     a = p.parse_args()
-    features() if a.what == "features" else fit(a.flip, a.scales, a.at)
+    features() if a.what == "features" else fit(a.flip, a.scales, a.at, a.label_smoothing)
