@@ -171,7 +171,7 @@ def test_list_names_streams_strategies_backbones_and_configs(capsys):
         assert name in out
     assert out.index("strategies:") < out.index("backbones:") < out.index("configs:")
     assert ("fscl-rn-64-w32  kept checkpoints: pretrained='fscl', pretrained='fscl:prototypes', "
-            "pretrained='fscl:warm_color2'") in out
+            "pretrained='fscl:prototypes_ls', pretrained='fscl:warm_color2'") in out
 
 
 def test_every_shipped_config_is_valid():
