@@ -1088,6 +1088,31 @@ def test_pretrain_recipe_errors():
     with pytest.raises(ValueError, match=r"channels_last='yes'; allowed: true, false, null \(auto\)"):
         load_recipe("test_tiny", channels_last="yes")
 
+def test_every_shipped_recipe_loads_or_chains_from_another_recipes_run():
+    """A shipped recipe loads as written (its model registered, a kept ``init`` present), or its only
+    problem is that its ``init`` is the ``final.pt`` of another shipped recipe's run, not made on this
+    machine yet (the README's whole path runs them in order)."""
+    from pathlib import Path
+
+    import yaml
+
+    from avalanche_fscl.benchmarks.pretrain_clip import RECIPE_DIR, list_recipes, load_recipe
+    from avalanche_fscl.models.clip import list_clip_models
+
+    names = list_recipes()
+    assert {"vit_p8_64", "rn_64_w32_prototypes_ls", "vit_p8_64_prototypes_ls"} <= set(names)
+    for name in names:
+        raw = yaml.safe_load((RECIPE_DIR / f"{name}.yaml").read_text())
+        assert raw["model"] in list_clip_models(), name
+        init = raw.get("init")
+        chained = isinstance(init, str) and init.startswith("runs/clip/") and init.endswith("/final.pt")
+        if chained and not Path(init).is_file():
+            assert init.split("/")[2] in names, f"{name}: init {init} is no shipped recipe's run"
+            with pytest.raises(ValueError, match="no such checkpoint file"):
+                load_recipe(name)
+        else:
+            assert load_recipe(name).model == raw["model"]
+
 
 def test_cli_pretrain_clip_bad_config_is_one_line(capsys):
     from avalanche_fscl.benchmarks.cli import main
