@@ -10,6 +10,9 @@ ImageNet train images 120-149, never in any corpus); val is printed next to it, 
     python benchmarks/results/clip_pretrain_rn_64_w32_prototypes/sweep.py fit --flip 1 --scales 100 160 --at 600 1200 1600 2000
     python benchmarks/results/clip_pretrain_rn_64_w32_prototypes/sweep.py fit --scales 160 --label-smoothing 0.1 0.3 0.5 0.7 --at 400 800 1200 1600
 
+Another locked image tower: ``--clip-model NAME --pretrained TAG --features FILE`` on both commands
+(e.g. ``--clip-model fscl-vit-p8-64 --pretrained fscl --features runs/clip/prototype_sweep_features_vit.pt``).
+
 ``fit`` runs :func:`fit_image_prototypes` (SGD, lr 0.1, momentum 0.9, from the class means) and
 reads the rows at each ``--at`` step of one run. (The recorded sweep ran the same steps through
 autograd on the plain loss, before the function computed its gradient by hand; same rows to 3e-7.) ``features`` also prints the
@@ -31,11 +34,11 @@ def acc(w: torch.Tensor, f: torch.Tensor, y: torch.Tensor) -> float:
     return round(100 * ((f @ F.normalize(w, dim=1).T).argmax(1) == y).float().mean().item(), 2)
 
 
-def features(root: str = "../shared/data") -> None:
+def features(clip_model: str, pretrained: str, path: str, root: str = "../shared/data") -> None:
     from avalanche_fscl.models.clip import clip_image_transform, encode_class_names, load_clip
     from avalanche_fscl.streams.captions import clip_templates, tiny_imagenet_classes, tiny_imagenet_images
 
-    model, _, tok = load_clip("fscl-rn-64-w32", pretrained="fscl:warm_color2")
+    model, _, tok = load_clip(clip_model, pretrained=pretrained)
     model.eval()
     tf = clip_image_transform(model)
 
@@ -48,7 +51,7 @@ def features(root: str = "../shared/data") -> None:
         text = encode_class_names(model, tok, tiny_imagenet_classes(root)[0], clip_templates("imagenet1k", root)).float()
     (vx, vy), (cx, cy), (sx, sy) = (tiny_imagenet_images(root, s) for s in ("val", "corpus", "shots"))
     d = dict(fv=enc(vx), fc=enc(cx), fs=enc(sx), fcf=enc(cx, True), vy=vy, cy=cy, sy=sy, text=text)
-    torch.save(d, FEATURES)
+    torch.save(d, path)
     m = F.normalize(torch.zeros(200, d["fc"].shape[1]).index_add_(0, cy, d["fc"]), dim=1)
     res = {"text": (acc(text, d["fs"], sy), acc(text, d["fv"], vy)), "means": (acc(m, d["fs"], sy), acc(m, d["fv"], vy))}
     for b in (0.25, 0.5, 1.0):
@@ -57,10 +60,10 @@ def features(root: str = "../shared/data") -> None:
     print(json.dumps({"(shots, val)": res}))
 
 
-def fit(flips: list[int], scales: list[float], at: list[int], smoothing: list[float]) -> None:
+def fit(path: str, flips: list[int], scales: list[float], at: list[int], smoothing: list[float]) -> None:
     from avalanche_fscl.benchmarks.pretrain_clip import fit_image_prototypes
 
-    d = torch.load(FEATURES)
+    d = torch.load(path)
     fc, fcf, cy, fs, sy, fv, vy = (d[k] for k in ("fc", "fcf", "cy", "fs", "sy", "fv", "vy"))
     for flip in flips:
         x, y = (torch.cat([fc, fcf]), torch.cat([cy, cy])) if flip else (fc, cy)
@@ -85,5 +88,11 @@ if __name__ == "__main__":
     p.add_argument("--scales", type=float, nargs="+", default=[100.0])
     p.add_argument("--at", type=int, nargs="+", default=[1200])
     p.add_argument("--label-smoothing", type=float, nargs="+", default=[0.0])
+    p.add_argument("--clip-model", default="fscl-rn-64-w32")
+    p.add_argument("--pretrained", default="fscl:warm_color2")
+    p.add_argument("--features", default=FEATURES, help="where `features` writes them and `fit` reads them")
     a = p.parse_args()
-    features() if a.what == "features" else fit(a.flip, a.scales, a.at, a.label_smoothing)
+    if a.what == "features":
+        features(a.clip_model, a.pretrained, a.features)
+    else:
+        fit(a.features, a.flip, a.scales, a.at, a.label_smoothing)
