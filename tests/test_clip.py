@@ -1088,6 +1088,7 @@ def test_pretrain_recipe_errors():
     with pytest.raises(ValueError, match=r"channels_last='yes'; allowed: true, false, null \(auto\)"):
         load_recipe("test_tiny", channels_last="yes")
 
+
 def test_every_shipped_recipe_loads_or_chains_from_another_recipes_run():
     """A shipped recipe loads as written (its model registered, a kept ``init`` present), or its only
     problem is that its ``init`` is the ``final.pt`` of another shipped recipe's run, not made on this
