@@ -9,6 +9,9 @@ mean drop of the support loss and of the query loss (support and unseen concepts
     python benchmarks/results/validation_clip/gram_meta/per_kind/inner_lr_probe.py vpt 0.2,1,5,20,100 8
     python benchmarks/results/validation_clip/gram_meta/per_kind/inner_lr_probe.py unigram 0.2 8
 
+An optional fourth argument names another checkpoint of `fscl-vit-p8-64` (twenty-fourth session:
+`fscl:prototypes_ls`; output `../../fscl_vit_prototypes_ls_gray/inner_lr_probe.txt`).
+
 The inner step is `meta_train_gram`'s with the identity regulator (kept in step with models/gram.py by hand:
 a record of a measurement, not library code).
 """
@@ -24,8 +27,9 @@ from avalanche_fscl.models.gram import GRAMMetaConfig, GRAMTaskSampler, Prompted
 from avalanche_fscl.streams.captions import caption_corpus
 
 kind, lrs, n_tasks = sys.argv[1], [float(x) for x in sys.argv[2].split(",")], int(sys.argv[3])
+checkpoint = sys.argv[4] if len(sys.argv) > 4 else "fscl"
 torch.set_num_threads(1)
-c = GRAMMetaConfig(prompt=kind, query_new=5, clip_checkpoint="fscl", tiny_classes=list(range(50)))
+c = GRAMMetaConfig(prompt=kind, query_new=5, clip_checkpoint=checkpoint, tiny_classes=list(range(50)))
 torch.manual_seed(c.seed)
 clip, _, tok = load_clip(c.clip_model, c.clip_checkpoint)
 net = PromptedCLIP(clip, tok, seed=c.seed, **prompt_flags(c.prompt, c.n_ctx, c.ctx_init, c.n_vpt, c.vpt_deep))
