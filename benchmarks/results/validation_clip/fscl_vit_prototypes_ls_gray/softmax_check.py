@@ -6,7 +6,12 @@ cross-entropy, the mean top-1 softmax probability and the mean spread (std over 
 softmax_check.txt beside this file.
 
     python benchmarks/results/validation_clip/fscl_vit_prototypes_ls_gray/softmax_check.py
+    python benchmarks/results/validation_clip/fscl_vit_prototypes_ls_gray/softmax_check.py fscl-rn-64-w32 fscl:warm_color2 fscl:prototypes_ls
+
+(optional arguments: the architecture, then its checkpoints; default the ViT's two).
 """
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -22,8 +27,9 @@ for c in range(50):
     rank[y == c] = torch.arange(int((y == c).sum()))
 keep = (y < 50) & (rank >= 16)
 x, y = apply_shift(x[keep], "grayscale"), y[keep]
-for checkpoint in ("fscl", "fscl:prototypes_ls"):
-    clip, _, tok = load_clip("fscl-vit-p8-64", checkpoint)
+model_name, checkpoints = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 2 else ("fscl-vit-p8-64", ["fscl", "fscl:prototypes_ls"])
+for checkpoint in checkpoints:
+    clip, _, tok = load_clip(model_name, checkpoint)
     clip.eval()
     with torch.no_grad():
         text = F.normalize(encode_class_names(clip, tok, names[:50]), dim=-1)
@@ -31,6 +37,6 @@ for checkpoint in ("fscl", "fscl:prototypes_ls"):
         cos = img @ text.T
         logits = clip.logit_scale.exp() * cos
         p = logits.softmax(-1)
-    print(f"{checkpoint}: logit scale {clip.logit_scale.exp().item():.1f}, {len(y)} images, "
+    print(f"{model_name} {checkpoint}: logit scale {clip.logit_scale.exp().item():.1f}, {len(y)} images, "
           f"CE {F.cross_entropy(logits, y).item():.3f} (log 50 = 3.912), top-1 prob {p.max(-1).values.mean().item():.3f}, "
           f"cosine std over classes {cos.std(-1).mean().item():.4f}, top-1 acc {(logits.argmax(-1) == y).float().mean().item() * 100:.2f}%")
