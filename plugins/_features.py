@@ -21,7 +21,7 @@ from torch.fx.passes.split_module import split_module
 from torch.utils.data import DataLoader, Dataset
 
 __all__ = ["eval_mode", "extract_features", "class_mean_features", "support_prototypes", "EvalFeatureCapture",
-           "FeatureSplit", "split_features", "lower_features"]
+           "FeatureSplit", "split_features", "lower_features", "upper_features", "select_parameters"]
 
 _MISSING = object()
 
@@ -166,6 +166,26 @@ class FeatureSplit(NamedTuple):
     names: dict[str, str]
 
 
+def select_parameters(model: nn.Module, select: Any, argument: str) -> list[str]:
+    """Names of ``model``'s parameters chosen by ``select``: a tuple of module-name prefixes
+    (``("backbone.features.8",)`` selects that module's parameters) or a predicate
+    ``(name, param) -> bool``; in ``named_parameters()`` order.
+
+    Raises:
+        ValueError (naming ``argument``): nothing is selected.
+    """
+    if callable(select):
+        names = [n for n, p in model.named_parameters() if select(n, p)]
+    else:
+        names = [n for n, _ in model.named_parameters() if any(n == q or n.startswith(q + ".") for q in select)]
+    if not names:
+        raise ValueError(
+            f"{argument}={select!r} selects no parameter of {type(model).__name__}; "
+            f"its parameters start with {sorted({n.split('.')[0] for n, _ in model.named_parameters()})}"
+        )
+    return names
+
+
 def split_features(model: nn.Module, params: Sequence[str], argument: str = "params") -> FeatureSplit:
     """Cut ``model.features`` just before the first use of one of ``params`` (parameter names
     of ``model``), by tracing it with ``torch.fx``.
@@ -222,6 +242,15 @@ def lower_features(lower: nn.Module, model: nn.Module, dataset: Dataset, batch_s
     if not parts:
         raise ValueError("lower_features: the dataset is empty")
     return tuple(torch.cat(p) for p in zip(*parts))
+
+
+def upper_features(upper: nn.Module, model: nn.Module, cached: tuple[Tensor, ...], batch_size: int
+                   ) -> Tensor:
+    """``upper``'s outputs ``(N, D)`` for cached ``lower`` outputs (``model`` in eval mode, no
+    gradients), in batches of ``batch_size``."""
+    with eval_mode(model), torch.no_grad():
+        return torch.cat([upper(*(c[i : i + batch_size] for c in cached))
+                          for i in range(0, len(cached[0]), batch_size)])
 
 
 class EvalFeatureCapture:

@@ -129,6 +129,7 @@ from ._features import (
     class_means,
     extract_features,
     lower_features,
+    select_parameters,
     split_features,
     support_prototypes,
 )
@@ -360,23 +361,10 @@ class FastSlowConsolidationPlugin(SupervisedPlugin):
                 f"model {type(model).__name__} lacks {', '.join(missing)}"
             )
         if self.slow_names is None:
-            names = [n for n, p in model.named_parameters() if self._is_slow(n, p)]
-            if self.slow_filter is not None and not names:
-                raise ValueError(
-                    f"slow={self.slow_filter!r} selects no parameter of {type(model).__name__}; "
-                    f"its parameters start with {sorted({n.split('.')[0] for n, _ in model.named_parameters()})}"
-                )
+            names = [] if self.slow_filter is None else select_parameters(model, self.slow_filter, "slow")
             if self.meta and self.meta_cache:
                 split_features(model, names, argument="meta_cache")  # fail before training, not after
             self.slow_names = names
-
-    def _is_slow(self, name: str, param: nn.Parameter) -> bool:
-        f = self.slow_filter
-        if f is None:
-            return False
-        if callable(f):
-            return bool(f(name, param))
-        return any(name == p or name.startswith(p + ".") for p in f)
 
     def _slow_keys(self, model: nn.Module) -> list[str]:
         """Slow parameter names plus the buffers of the modules that own them."""

@@ -6,6 +6,7 @@ import hashlib
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -14,8 +15,18 @@ from torch.utils.data import Dataset
 from ..models.classifier import MASK_VALUE
 from ..models.fusion import FUSIONS, MultiViewFusionHead
 from ..retrieval import RetrievalMemory, StaleMemoryError
+from ..streams.data import dataset_targets
 from ..streams.episodes import few_shot_episodes
-from ._features import EvalFeatureCapture, eval_mode, extract_features, support_prototypes
+from ._features import (
+    EvalFeatureCapture,
+    eval_mode,
+    extract_features,
+    lower_features,
+    select_parameters,
+    split_features,
+    support_prototypes,
+    upper_features,
+)
 from ._session import training_session
 from .prototype import PrototypeClassifierPlugin
 
@@ -47,6 +58,12 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
       During it the memory holds the base training set (+ the external corpus) embedded
       with BatchNorm in eval mode, re-embedded every ``refresh_every`` episodes (neighbour
       embeddings are constants between refreshes); a query never retrieves itself.
+    * ``meta_params`` / ``meta_cache`` (ours, off by default): meta-train only the encoder's
+      upper layers and run the episodes and the refreshes through them alone, on the lower
+      layers' outputs for the base training set computed once (un-augmented inputs, BatchNorm
+      in eval mode, as during meta-training anyway). An episode then costs what the upper
+      layers cost (blocks 3-4 of Conv4 at 32 px: about a fifth of the whole network's
+      multiply-adds), so more episodes fit the same base-session time.
     * Then, as :class:`PrototypeClassifierPlugin` (which this class extends): the backbone is
       frozen and the classifier rows become the class prototypes; later sessions only add
       prototypes for their classes from their shots, and their examples to the memory.
@@ -96,6 +113,16 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
         meta_lr: encoder learning rate (SGD, momentum 0.9, cosine decay over the episodes).
         head_lr: fusion head learning rate (Adam, cosine decay).
         train_encoder: fine-tune the encoder during meta-training (``False``: head only).
+        meta_params: the encoder parameters meta-training updates: a module-name prefix
+            (``"backbone.features.8"``), a list of prefixes or a predicate
+            ``(name, param) -> bool``; ``None``: every backbone parameter.
+        meta_cache: compute the layers below ``meta_params`` once and run the episodes
+            (and the memory's refreshes) through the layers from ``meta_params`` up; needs
+            ``meta_params`` that leave at least one layer with weights below them.
+        meta_cache_views: with ``meta_cache``, versions of the base training set cached: the
+            un-augmented one plus ``meta_cache_views - 1`` drawn with the training transform
+            (augmentation); every episode image takes one of them at random. Memory: this
+            many times the lower layers' output per image (Conv4 at 32 px: 16 KB).
         refresh_every: episodes between re-embeddings of the meta-training memory.
         reembed: re-embed the memory when the encoder changed (instead of an error).
         replace_base, freeze_after_base, batch_size: as :class:`PrototypeClassifierPlugin`.
@@ -126,6 +153,9 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
         meta_lr: float = 0.01,
         head_lr: float = 1e-3,
         train_encoder: bool = True,
+        meta_params: Any = None,
+        meta_cache: bool = False,
+        meta_cache_views: int = 1,
         refresh_every: int = 50,
         reembed: bool = False,
         replace_base: bool = True,
@@ -136,7 +166,8 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
         super().__init__(freeze_after_base=freeze_after_base, replace_base=replace_base, batch_size=batch_size)
         for name, v, lo in [("k", k, 1), ("heads", heads, 1), ("meta_episodes", meta_episodes, 0),
                             ("meta_ways", meta_ways, 2), ("meta_shots", meta_shots, 1),
-                            ("meta_queries", meta_queries, 1), ("refresh_every", refresh_every, 1)]:
+                            ("meta_queries", meta_queries, 1), ("refresh_every", refresh_every, 1),
+                            ("meta_cache_views", meta_cache_views, 1)]:
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
         if fusion is not None and fusion not in FUSIONS:
@@ -147,6 +178,19 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
         for name, v in [("meta_lr", meta_lr), ("head_lr", head_lr)]:
             if not isinstance(v, (int, float)) or v <= 0:
                 raise ValueError(f"{name} must be a number > 0, got {v!r}")
+        if not isinstance(meta_cache, bool):
+            raise ValueError(f"meta_cache must be True or False, got {meta_cache!r}")
+        if isinstance(meta_params, str):
+            meta_params = (meta_params,)
+        if meta_params is not None and not callable(meta_params) and not (
+                isinstance(meta_params, (list, tuple)) and meta_params and all(isinstance(q, str) for q in meta_params)):
+            raise ValueError(f"meta_params must be None, a name prefix, a list of prefixes or a predicate, got {meta_params!r}")
+        if meta_params is not None and not train_encoder:
+            raise ValueError("meta_params needs train_encoder=True (it selects the encoder parameters to train)")
+        if meta_cache_views > 1 and not meta_cache:
+            raise ValueError(f"meta_cache_views={meta_cache_views} needs meta_cache=True")
+        if meta_cache and meta_params is None:
+            raise ValueError("meta_cache=True needs meta_params (the upper layers to train; the layers below are cached)")
         if fusion is None and prototype_weight == 0 and vote_weight == 0:
             raise ValueError("fusion=None with prototype_weight=0 and vote_weight=0 leaves no classifier")
         # the memory checks backend, caps and index arguments now, before any training
@@ -161,6 +205,7 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
         self.meta_episodes, self.meta_ways, self.meta_shots, self.meta_queries = (
             meta_episodes, meta_ways, meta_shots, meta_queries)
         self.meta_lr, self.head_lr, self.train_encoder = meta_lr, head_lr, train_encoder
+        self.meta_params, self.meta_cache, self.meta_cache_views = meta_params, meta_cache, meta_cache_views
         self.refresh_every, self.reembed, self.seed = refresh_every, reembed, seed
         self.head: MultiViewFusionHead | None = None
         self.memory: RetrievalMemory | None = None
@@ -313,16 +358,39 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
         return out
 
     # ----------------------------------------------------------- meta-training
+    def _meta_names(self, model: nn.Module) -> list[str]:
+        """The encoder parameters meta-training updates (``meta_params``; default the backbone)."""
+        if not self.train_encoder:
+            return []
+        return select_parameters(model, self.meta_params or ("backbone",), "meta_params")
+
     def _meta_train(self, model: nn.Module, exp, device) -> None:
-        """Episodic training of the encoder (``train_encoder``) and the fusion head."""
+        """Episodic training of the encoder (``train_encoder``, ``meta_params``) and the fusion head."""
         classes = sorted(int(c) for c in exp.classes_in_this_experience)
-        ways = min(self.meta_ways, len(classes))
-        episodes = few_shot_episodes(exp.dataset.train(), ways, self.meta_shots, self.meta_queries,
+        ways, shots = min(self.meta_ways, len(classes)), self.meta_shots
+        episodes = few_shot_episodes(exp.dataset.train(), ways, shots, self.meta_queries,
                                      self.meta_episodes, seed=self.seed, classes=classes)
         eval_ds = exp.dataset.eval()
         # base training set labels as columns of the episode (built per episode)
         table = torch.full((max(classes) + 1,), -1, dtype=torch.long, device=device)
-        enc = [p for p in model.backbone.parameters()] if self.train_encoder else []
+        params = dict(model.named_parameters())
+        names = self._meta_names(model)
+        enc = [params[n] for n in names]
+        upper, cached, views = None, None, None
+        if self.meta_cache and enc:
+            split = split_features(model, names, argument="meta_cache")
+            upper = split.upper
+            cached = lower_features(split.lower, model, eval_ds, self.batch_size, device)
+            views = tuple(c.new_empty((self.meta_cache_views, *c.shape)) for c in cached)  # each (views, N, ...)
+            for v, c in zip(views, cached):
+                v[0] = c
+            for i in range(1, self.meta_cache_views):  # augmented versions, one at a time (peak: views + 1)
+                for v, c in zip(views, lower_features(split.lower, model, exp.dataset.train(), self.batch_size, device)):
+                    v[i] = c
+            cached = tuple(v[0] for v in views)
+            pick = torch.Generator().manual_seed(self.seed)
+        support_y = torch.arange(ways).repeat_interleave(shots)
+        query_y = torch.arange(ways).repeat_interleave(self.meta_queries)
         grads = {p: p.requires_grad for p in model.parameters()}
         for p in model.parameters():
             p.requires_grad_(False)
@@ -341,20 +409,29 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
             with eval_mode(model):  # BatchNorm statistics stay those of the supervised training
                 for i in range(len(episodes)):
                     if self.uses_retrieval and (memory is None or (enc and i % self.refresh_every == 0)):
-                        memory, class_means = self._episode_memory(model, eval_ds, device, len(table))
+                        if cached is None:
+                            feats, labels = extract_features(model, eval_ds, self.batch_size, device)
+                        else:
+                            feats = upper_features(upper, model, cached, self.batch_size)
+                            labels = torch.as_tensor(dataset_targets(eval_ds))
+                        memory, class_means = self._episode_memory(model, feats, labels, device, len(table))
                     cls_i, idx = episodes.indices(i)
-                    ep = episodes[i]
-                    x = torch.cat([ep.support_x, ep.query_x]).to(device)
-                    f = model.features(x)
-                    fs, fq = f[: len(ep.support_x)], f[len(ep.support_x):]
-                    protos = support_prototypes(fs, ep.support_y.to(device), ways)
+                    if cached is None:
+                        ep = episodes[i]
+                        f = model.features(torch.cat([ep.support_x, ep.query_x]).to(device))
+                    else:  # the episode's rows of the cached lower outputs, support then queries, class-major
+                        rows = torch.from_numpy(np.concatenate([idx[:, :shots].ravel(), idx[:, shots:].ravel()]))
+                        view = torch.randint(len(views[0]), (len(rows),), generator=pick)
+                        f = upper(*(v[view.to(v.device), rows.to(v.device)] for v in views))
+                    fs, fq = f[: len(support_y)], f[len(support_y):]
+                    protos = support_prototypes(fs, support_y.to(device), ways)
                     proto_logits = scale * F.normalize(fq.float(), dim=1) @ protos.T
                     table.fill_(-1)
                     table[torch.tensor(cls_i, device=device)] = torch.arange(ways, device=device)
                     logits = self.scores(proto_logits, protos, fq.float(), table, memory=memory,
-                                         exclude_payload=torch.from_numpy(idx[:, self.meta_shots:].ravel()),
+                                         exclude_payload=torch.from_numpy(idx[:, shots:].ravel()),
                                          label_prototypes=class_means if self.uses_retrieval else None)
-                    loss = F.cross_entropy(logits, ep.query_y.to(device))
+                    loss = F.cross_entropy(logits, query_y.to(device))
                     for opt, lr in opts:
                         for g in opt.param_groups:
                             g["lr"] = 0.5 * lr * (1 + math.cos(math.pi * i / len(episodes)))
@@ -367,12 +444,12 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
                 p.requires_grad_(g)
                 p.grad = None
 
-    def _episode_memory(self, model: nn.Module, dataset: Dataset, device, n_labels: int
+    def _episode_memory(self, model: nn.Module, feats: Tensor, labels: Tensor, device, n_labels: int
                         ) -> tuple[RetrievalMemory, Tensor]:
-        """The base training set (payload = dataset index) + the external corpus (after it),
-        and the normalised mean embedding ``(n_labels, D)`` of every base class (the
-        prototypes that labelled neighbours carry into their views, as at evaluation)."""
-        feats, labels = extract_features(model, dataset, self.batch_size, device)
+        """The base training set's embeddings ``feats`` (payload = dataset index) + the external
+        corpus (after it), and the normalised mean embedding ``(n_labels, D)`` of every base
+        class (the prototypes that labelled neighbours carry into their views, as at evaluation)."""
+        labels = labels.to(feats.device)
         means = torch.zeros(n_labels, feats.shape[1], device=feats.device).index_add_(0, labels.long(), feats.float())
         memory = RetrievalMemory(feats.shape[1], device=str(device), backend="exact", seed=self.seed)
         memory.add(feats, labels, payload_ids=torch.arange(len(feats)))
@@ -391,6 +468,10 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
         missing = [a for a in ("weight", "active_classes") if not hasattr(model, a)]
         if missing:
             raise TypeError(f"RetrievalAugmentedPlugin needs an FSCILNet-like model; {type(model).__name__} lacks {missing}")
+        if self.meta_episodes and not self.meta_done:  # fail before the base training, not after
+            names = self._meta_names(model)
+            if self.meta_cache and names:
+                split_features(model, names, argument="meta_cache")
 
     # ---------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

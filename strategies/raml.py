@@ -55,7 +55,8 @@ class RAML(StrategySpec):
                  vote_weight: float = 1.0, balanced_vote: bool = True, memory: str = "stream", backend: str = "exact",
                  per_class_cap: int | None = None, max_size: int | None = None, meta_episodes: int = 300,
                  meta_ways: int = 20, meta_shots: int = 5, meta_queries: int = 5, meta_lr: float = 0.01,
-                 head_lr: float = 1e-3, train_encoder: bool = True, refresh_every: int = 50, seed: int = 0):
+                 head_lr: float = 1e-3, train_encoder: bool = True, meta_params: str | list[str] | None = None,
+                 meta_cache: bool = False, meta_cache_views: int = 1, refresh_every: int = 50, seed: int = 0):
         super().__init__()
         if memory not in MEMORIES:
             raise ValueError(f"memory={memory!r}: allowed {', '.join(map(repr, MEMORIES))}")
@@ -65,7 +66,8 @@ class RAML(StrategySpec):
             balanced_vote=balanced_vote,
             backend=backend, per_class_cap=per_class_cap, max_size=max_size, meta_episodes=meta_episodes,
             meta_ways=meta_ways, meta_shots=meta_shots, meta_queries=meta_queries, meta_lr=meta_lr,
-            head_lr=head_lr, train_encoder=train_encoder, refresh_every=refresh_every, seed=seed,
+            head_lr=head_lr, train_encoder=train_encoder, meta_params=meta_params, meta_cache=meta_cache,
+            meta_cache_views=meta_cache_views, refresh_every=refresh_every, seed=seed,
         )
         RetrievalAugmentedPlugin(**self.plugin_args)  # bad values fail here, before any output
 

@@ -171,9 +171,77 @@ def test_evaluating_before_the_memory_is_filled_is_an_error(scenario):
         strategy.eval(scenario.test_stream[:1])
 
 
+def _mlp_run(scenario, plugin, device: str = "cpu"):
+    """One base session of the two-layer MLP of the baseline tests (cosine head)."""
+    from test_baseline_plugins import make_model as make_mlp
+
+    model = make_mlp(0, head="cosine")
+    strategy = make_strategy(model, [plugin], lr=0.1, epochs=2)
+    strategy.device = torch.device(device)
+    model.to(device)
+    train_session(strategy, scenario, 0)
+    return model.cpu()
+
+
+def test_meta_cache_gives_the_uncached_result_without_augmentation():
+    from test_baseline_plugins import make_scenario
+
+    # no augmentation: the cached lower layers' outputs are the ones the live path computes
+    scenario = make_scenario(spread=2.0, augment=False)
+    args = dict(k=3, meta_params="backbone.net.4", **{**META, "meta_ways": 3})  # Linear(32, 16) after BN + ReLU
+    live, cached = RetrievalAugmentedPlugin(**args), RetrievalAugmentedPlugin(meta_cache=True, **args)
+    ref = _mlp_run(scenario, PrototypeClassifierPlugin())
+    a, b = _mlp_run(scenario, live), _mlp_run(scenario, cached)
+    assert not torch.equal(a.backbone.net[4].weight, ref.backbone.net[4].weight), "meta-training ran"
+    assert torch.equal(a.backbone.net[1].weight, ref.backbone.net[1].weight), "layers outside meta_params are kept"
+    ta, tb = model_tensors(a), model_tensors(b)
+    assert all(torch.allclose(ta[k], tb[k], atol=1e-5) for k in ta)
+    ha, hb = live.head.state_dict(), cached.head.state_dict()
+    assert all(torch.allclose(ha[k], hb[k], atol=1e-5) for k in ha), "the fusion head learns the same"
+    # without augmentation the extra cached views are copies of the un-augmented one: same result
+    c = _mlp_run(scenario, RetrievalAugmentedPlugin(meta_cache=True, meta_cache_views=3, **args))
+    assert all(torch.equal(tb[k], v) for k, v in model_tensors(c).items())
+
+
+def test_meta_cache_views_feed_the_episodes_augmented_inputs():
+    from test_baseline_plugins import make_scenario
+
+    scenario = make_scenario(spread=2.0, augment=True)  # training transform: scale + noise
+    args = dict(k=3, meta_params="backbone.net.4", meta_cache=True, **{**META, "meta_ways": 3})
+    one = _mlp_run(scenario, RetrievalAugmentedPlugin(**args))
+    three = _mlp_run(scenario, RetrievalAugmentedPlugin(meta_cache_views=3, **args))
+    assert not torch.equal(one.backbone.net[4].weight, three.backbone.net[4].weight), "augmented views were used"
+    assert torch.equal(one.backbone.net[1].weight, three.backbone.net[1].weight), "the cached layers stay"
+
+
+def test_meta_params_and_meta_cache_fail_before_any_training():
+    from test_baseline_plugins import make_scenario
+
+    scenario = make_scenario(spread=2.0)
+    for plugin, match in [
+        (RetrievalAugmentedPlugin(meta_params="encoder", **META),
+         r"meta_params=\('encoder',\) selects no parameter of FSCILNet; its parameters start with \['backbone', 'weight'\]"),
+        (RetrievalAugmentedPlugin(meta_params="backbone", meta_cache=True, **META),
+         r"meta_cache: the selected parameters are used by its first layer"),
+    ]:
+        from test_baseline_plugins import make_model as make_mlp
+
+        model = make_mlp(0, head="cosine")
+        before = {k: v.clone() for k, v in model_tensors(model).items()}
+        with pytest.raises(ValueError, match=match):
+            train_session(make_strategy(model, [plugin]), scenario, 0)
+        assert all(torch.equal(before[k], v) for k, v in model_tensors(model).items()), "raised before training"
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
+        (dict(meta_cache=True), r"meta_cache=True needs meta_params"),
+        (dict(meta_cache=1), r"meta_cache must be True or False, got 1"),
+        (dict(meta_cache_views=2), r"meta_cache_views=2 needs meta_cache=True"),
+        (dict(meta_cache_views=0), r"meta_cache_views must be an integer >= 1, got 0"),
+        (dict(meta_params=["backbone", 3]), r"meta_params must be None, a name prefix, a list of prefixes or a predicate"),
+        (dict(meta_params="backbone", train_encoder=False), r"meta_params needs train_encoder=True"),
         (dict(k=0), "k must be an integer >= 1, got 0"),
         (dict(fusion="max"), "fusion='max': allowed 'mean', 'attention' or None"),
         (dict(backend="annoy"), "unknown backend 'annoy': allowed"),
@@ -208,6 +276,17 @@ def test_raml_runs_on_cuda_like_on_cpu(scenario):
     resumed.load_state_dict(roundtrip(plugin.state_dict()))  # tensors come back on the CPU
     resumed._to_device("cuda")  # what the first callback on a CUDA strategy does
     assert resumed.memory.device.type == "cuda" and len(resumed.memory) == len(plugin.memory)
+
+
+@pytest.mark.cuda
+def test_meta_cache_runs_on_cuda_like_on_cpu():
+    from test_baseline_plugins import make_scenario
+
+    scenario = make_scenario(spread=2.0, augment=False)
+    args = dict(k=3, meta_params="backbone.net.4", meta_cache=True, meta_cache_views=2, **{**META, "meta_ways": 3})
+    cpu = model_tensors(_mlp_run(scenario, RetrievalAugmentedPlugin(**args)))
+    gpu = model_tensors(_mlp_run(scenario, RetrievalAugmentedPlugin(**args), device="cuda"))
+    assert all(torch.allclose(cpu[k].float(), gpu[k].float(), atol=1e-3) for k in cpu)
 
 
 def test_runner_runs_raml_and_knn_and_refuses_a_missing_external_corpus(tmp_path):
