@@ -63,7 +63,10 @@ class RetrievalAugmentedPlugin(PrototypeClassifierPlugin):
       layers' outputs for the base training set computed once (un-augmented inputs, BatchNorm
       in eval mode, as during meta-training anyway). An episode then costs what the upper
       layers cost (blocks 3-4 of Conv4 at 32 px: about a fifth of the whole network's
-      multiply-adds), so more episodes fit the same base-session time.
+      multiply-adds), so more episodes fit the same base-session time. ``meta_cache_views``
+      adds augmented versions of the cached set (drawn with the training transform): over the
+      un-augmented set alone, longer meta-training over-fits the base classes (Tiny ImageNet's
+      validation protocol: ``benchmarks/results/validation/summary.md``).
     * Then, as :class:`PrototypeClassifierPlugin` (which this class extends): the backbone is
       frozen and the classifier rows become the class prototypes; later sessions only add
       prototypes for their classes from their shots, and their examples to the memory.
