@@ -30,13 +30,19 @@ ORDER = ["prototype", "knn", "raml", "raml_external", "raml_no_retrieval", "raml
 
 
 def main() -> None:
-    runs = {s: lb.load(FOLDERS, s) for s in ORDER if s not in RECORDED}
-    runs.update({label: lb.load(folders, strategy) for label, (folders, strategy) in RECORDED.items()})
+    print_table(FOLDERS, ORDER, RECORDED)
+
+
+def print_table(folders: list[str], order: list[str], recorded: dict[str, tuple[list[str], str]]) -> None:
+    """One row per strategy of ``order`` (run JSONs under ``folders``; labels of ``recorded`` read their own
+    folders and strategy), paired by seed with `prototype` and with `raml`."""
+    runs = {s: lb.load(folders, s) for s in order if s not in recorded}
+    runs.update({label: lb.load(fs, strategy) for label, (fs, strategy) in recorded.items()})
     proto, raml = runs["prototype"], runs["raml"]
     print("| strategy | last (seeds 0 / 1 / 2) | last | novel (last) | base (last) | PD | minus `prototype`, paired "
           "| `raml` minus row, paired | session 0 (s) | peak RSS (MiB) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for s in (s for s in ORDER if runs[s]):
+    for s in (s for s in order if runs[s]):
         r, seeds = runs[s], sorted(runs[s])
         pd = [lb.pd_points(r[k]) for k in seeds]
         t0 = [r[k]["session_times_s"][0] for k in seeds]
